@@ -1,0 +1,136 @@
+"""Model configuration: one typed dataclass with the paper's named presets (spec §2-§5)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+BlockType = Literal["plusplus", "vanilla"]
+RopeMode = Literal["none", "sequence", "grid"]
+SwigluNorm = Literal["ln2", "ln3"]
+TokenLayout = Literal["time_major", "release"]
+
+# name -> (encoder depth, heads, width, decoder width); decoders have 4 blocks of 8 heads (spec §4).
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (12, 3, 192, 384),
+    "small": (12, 6, 384, 384),
+    "medium": (12, 8, 512, 384),
+    "base": (12, 12, 768, 384),
+    "large": (24, 16, 1024, 512),
+    "huge": (32, 16, 1280, 384),
+}
+
+
+@dataclass
+class AudioMAEConfig:
+    """Every architectural choice of an AudioMAE / AudioMAE++ model.
+
+    Defaults are AudioMAE++-Base as released; use :meth:`preset` for the other sizes.
+    """
+
+    img_size: tuple[int, int] = (200, 80)  # 2 s x 80 mel bins, time first
+    patch_size: tuple[int, int] = (4, 16)  # 40 ms x 16 bins -> a 50 x 5 grid of 250 patches
+    in_chans: int = 1  # log-mel has one channel
+    embed_dim: int = 768  # encoder width D (base)
+    depth: int = 12  # encoder blocks (base)
+    num_heads: int = 12  # encoder heads (base): head dim 64
+    decoder_embed_dim: int = 384  # decoder width for tiny/base (512 for large, the paper's best)
+    decoder_depth: int = 4  # the paper's decoder is always 4 blocks
+    decoder_num_heads: int = 8  # ... of 8 heads
+    mlp_ratio: float = 4.0  # FFN hidden = 4 D (SwiGLU: int(4 D * 2/3) to keep the parameter budget)
+    mask_ratio: float = 0.8  # 80 % of patches removed during pretraining
+    block: BlockType = "plusplus"  # "plusplus" = macaron transformer++ block, "vanilla" = MAE block
+    decoder_block: BlockType | None = None  # None: same block type as the encoder
+    encoder_rope: RopeMode = "none"  # RoPE hurt in the paper (Table 3), so it is off by default
+    decoder_rope: RopeMode = "none"  # "sequence" = the release's positions, "grid" = true positions
+    swiglu_norm: SwigluNorm = "ln2"  # the release feeds LN2's output to the SwiGLU; "ln3" fixes it
+    norm_pix_loss: bool = False  # the release's default: plain MSE on standardised log-mel
+    token_layout: TokenLayout = "time_major"  # grouping of tokens into timestamp embeddings (spec §7)
+    extra: dict[str, Any] = field(default_factory=dict)  # provenance (e.g. converted release args)
+
+    def __post_init__(self) -> None:
+        self.img_size = tuple(self.img_size)  # JSON gives lists
+        self.patch_size = tuple(self.patch_size)
+        if self.decoder_block is None:
+            self.decoder_block = self.block
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        choices = {
+            "block": ("plusplus", "vanilla"),
+            "decoder_block": ("plusplus", "vanilla"),
+            "encoder_rope": ("none", "sequence", "grid"),
+            "decoder_rope": ("none", "sequence", "grid"),
+            "swiglu_norm": ("ln2", "ln3"),
+            "token_layout": ("time_major", "release"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"AudioMAEConfig.{name}={getattr(self, name)!r}; choose from {allowed}")
+        for dim, heads, what in (
+            (self.embed_dim, self.num_heads, "embed_dim/num_heads"),
+            (self.decoder_embed_dim, self.decoder_num_heads, "decoder_embed_dim/decoder_num_heads"),
+        ):
+            if dim % heads:
+                raise ValueError(f"AudioMAEConfig.{what}: width {dim} is not divisible by {heads} heads")
+            if (self.encoder_rope != "none" or self.decoder_rope != "none") and (dim // heads) % 2:
+                raise ValueError(f"AudioMAEConfig.{what}: RoPE needs an even head dim, got {dim // heads}")
+        for i in range(2):
+            if self.img_size[i] % self.patch_size[i]:
+                raise ValueError(
+                    f"AudioMAEConfig.img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+                )
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"AudioMAEConfig.mask_ratio={self.mask_ratio}; must be in [0, 1)")
+
+    # ---- derived sizes -------------------------------------------------------------------------
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches along (time, frequency): (50, 5)."""
+        return (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per patch: 4 x 16 = 64."""
+        return self.patch_size[0] * self.patch_size[1] * self.in_chans
+
+    @property
+    def num_keep(self) -> int:
+        """Patches kept by the masking: ``int(L * (100 - ratio*100) / 100)`` = 50, as the release."""
+        return int(self.num_patches * (100 - self.mask_ratio * 100) / 100)
+
+    # ---- presets and (de)serialisation ----------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> AudioMAEConfig:
+        """A named size (tiny, small, medium, base, large, huge) with optional field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        depth, heads, dim, dec_dim = PRESETS[name]
+        base = dict(embed_dim=dim, depth=depth, num_heads=heads, decoder_embed_dim=dec_dim)
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown AudioMAEConfig field(s): {sorted(unknown)}")
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"], d["patch_size"] = list(self.img_size), list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AudioMAEConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown AudioMAEConfig field(s): {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,102 @@
+"""Model directories: ``model.safetensors`` + ``config.json``. Loading never executes code."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+from .config import AudioMAEConfig
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT = "audiomaepp-model/1"  # bumped if the key layout ever changes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
+    """Write ``model``'s weights and config to ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": FORMAT})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    meta = {"format": FORMAT, "architecture": "AudioMAE", "config": model.config.to_dict()}
+    atomic_write_bytes(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
+    return directory
+
+
+def read_config(directory: str | Path) -> AudioMAEConfig:
+    """The :class:`AudioMAEConfig` stored in a model directory."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a model directory (no {CONFIG_NAME})")
+    try:
+        meta = json.loads(path.read_text())
+        return AudioMAEConfig.from_dict(meta["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model config ({exc})") from exc
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming every missing, unexpected or mis-shaped key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append("mis-shaped keys [" + "; ".join(shapes) + "]")
+    if problems:
+        raise CheckpointError(f"{source}: " + ", ".join(problems))
+
+
+def load_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model of ``directory/config.json`` and load ``model.safetensors`` into it."""
+    from .mae import AudioMAE
+
+    directory = Path(directory)
+    cfg = read_config(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}")
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{weights}: cannot read safetensors file ({exc})") from exc
+    model = AudioMAE(cfg)
+    check_state_dict(model, state, str(weights))
+    model.load_state_dict(state)
+    return model.to(map_location).eval()
