@@ -62,25 +62,33 @@ def read_config(directory: str | Path) -> AudioMAEConfig:
         raise CheckpointError(f"{path}: invalid model config ({exc})") from exc
 
 
+def _listing(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return f"{shown}, ... ({len(items) - limit} more)" if len(items) > limit else shown
+
+
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise :class:`CheckpointError` naming every missing, unexpected or mis-shaped key."""
+    """Raise :class:`CheckpointError` naming the missing, unexpected or mis-shaped keys."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in sorted(set(state) & set(expected))
         if tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
+        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
     if shapes:
-        problems.append("mis-shaped keys [" + "; ".join(shapes) + "]")
+        problems.append(f"{len(shapes)} mis-shaped key(s): {_listing(shapes, 4)}")
     if problems:
-        raise CheckpointError(f"{source}: " + ", ".join(problems))
+        raise CheckpointError(
+            f"{source} does not fit the model config ({'; '.join(problems)}); "
+            "check the preset / config it was converted or saved with"
+        )
 
 
 def load_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
