@@ -1,0 +1,84 @@
+"""``audiomaepp evaluate``: frozen scene embeddings -> MLP probe on HEAR-format tasks -> report.
+
+Example::
+
+    audiomaepp evaluate --tasks hear_tasks/ --models logmel random:base runs/base --out eval/
+
+Writes ``results.md`` / ``summary.csv`` / ``scores.csv`` / ``results.json`` / ``results.png`` to
+``--out``, caches embeddings under ``--cache`` (default ``<out>/cache``) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import AudioMAEError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` sub-command; sets ``func(args) -> int``."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate scene embeddings on HEAR-format tasks (MLP probe, seeds, CI, report)",
+        description=(
+            "Embed every task split with each model (cached), train the spec §7 MLP probe per seed "
+            "and fold, and write a Table-2-style report with 95 % CIs and the normalized score."
+        ),
+    )
+    p.add_argument("--tasks", nargs="+", required=True, metavar="DIR",
+                   help="HEAR task folders, or folders containing task folders")
+    p.add_argument("--models", nargs="+", required=True, metavar="SPEC",
+                   help="'logmel' (log-mel mean+std baseline), 'random:<preset>' "
+                        "(random-init encoder) or a model directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    p.add_argument("--seeds", type=int, default=10, help="probe seeds per model and task (default 10)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (embedding and probe)")
+    p.add_argument("--batch-size", type=int, default=None, help="embedding batch size")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="embedding cache folder (default <out>/cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
+    p.add_argument("--max-epochs", type=int, default=None, help="probe epochs (default 500, the protocol)")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping checks (default 20)")
+    p.add_argument("--layout", default=None, help="token layout for model directories (release, time_major)")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of random:<preset> encoders")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def _probe_overrides(args: argparse.Namespace, device: str) -> dict:
+    out: dict = {"device": device}
+    if args.max_epochs is not None:
+        out["max_epochs"] = args.max_epochs
+    if args.patience is not None:
+        out["patience"] = args.patience
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation; 0 on success, 2 on a bad input (message on stderr)."""
+    from pathlib import Path
+
+    from ..evaluation import make_embedder, markdown_table, resolve_device, run_evaluation
+
+    if args.seeds < 1:
+        print("error: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
+    try:
+        embedders = [make_embedder(s, device=device, batch_size=args.batch_size,
+                                   seed=args.init_seed, layout=args.layout) for s in args.models]
+        result = run_evaluation(embedders, args.tasks, out_dir=args.out, seeds=args.seeds,
+                                cache_dir=cache, progress=not args.quiet,
+                                **_probe_overrides(args, device))
+    except AudioMAEError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(result))
+    log.info("report written to %s", args.out)
+    return 0

@@ -1,0 +1,53 @@
+"""Downstream evaluation of frozen scene embeddings on HEAR-format tasks (spec §7).
+
+Public API::
+
+    from audiomaepp.evaluation import make_embedder, run_evaluation, write_report
+    result = run_evaluation([make_embedder("logmel")], ["tasks/"], out_dir="eval", seeds=10,
+                            cache_dir="eval/cache")
+    print(result.normalized)
+
+Modules: ``tasks`` (reader), ``embedders`` (protocol, log-mel baseline, factory), ``cache``
+(embedding cache), ``probe`` (MLP probe), ``metrics``, ``stats`` (t quantile, CI, aggregate
+score), ``runner`` (the protocol end to end), ``report`` (Markdown / CSV / JSON / PNG).
+"""
+
+from .cache import embed_split
+from .embedders import Embedder, EmbedderError, LogMelStatsEmbedder, make_embedder, resolve_device
+from .metrics import METRICS, PERCENT_METRICS, compute_metrics
+from .probe import ProbeConfig, ProbeData, ProbeResult, train_probe
+from .report import markdown_table, write_report
+from .runner import EvaluationResult, FoldRun, TaskResult, evaluate_task, run_evaluation
+from .stats import mean_ci, normalized_scores, t_quantile
+from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task
+
+__all__ = [
+    "Embedder",
+    "EmbedderError",
+    "LogMelStatsEmbedder",
+    "make_embedder",
+    "resolve_device",
+    "embed_split",
+    "Task",
+    "Fold",
+    "TaskFormatError",
+    "read_task",
+    "find_task_dirs",
+    "ProbeConfig",
+    "ProbeData",
+    "ProbeResult",
+    "train_probe",
+    "METRICS",
+    "PERCENT_METRICS",
+    "compute_metrics",
+    "mean_ci",
+    "t_quantile",
+    "normalized_scores",
+    "FoldRun",
+    "TaskResult",
+    "EvaluationResult",
+    "evaluate_task",
+    "run_evaluation",
+    "markdown_table",
+    "write_report",
+]

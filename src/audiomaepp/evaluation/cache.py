@@ -1,0 +1,130 @@
+"""Scene embeddings of one task split, computed once and cached on disk.
+
+Layout: ``<cache_dir>/<slug(embedder.cache_key)>/<slug(task name)>/<split>.npy`` (float32
+``(n, d)``, rows in ``Task.files(split)`` order) next to ``<split>.json`` (cache key, task, split,
+shape and a fingerprint of the split's audio files: names, sizes, modification times). A cache
+entry is used only when key and fingerprint match, so edited audio or another model re-embeds.
+
+Every listed file must load: a task with a missing example is not comparable across models, so a
+file that fails to decode stops the evaluation with an error naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..audio import load_audio
+from ..errors import InvalidAudioError
+from .embedders import Embedder, EmbedderError
+from .tasks import Task
+
+__all__ = ["cache_slug", "split_fingerprint", "embed_split"]
+
+log = logging.getLogger(__name__)
+
+
+def cache_slug(key: str, max_len: int = 60) -> str:
+    """File-system-safe, collision-resistant folder name for a cache key or task name."""
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in key)[:max_len]
+    return f"{safe}-{hashlib.sha1(key.encode('utf-8')).hexdigest()[:10]}"
+
+
+def split_fingerprint(task: Task, split: str) -> str:
+    """SHA-1 over (file name, size, mtime) of every audio file of ``split``, in row order."""
+    h = hashlib.sha1()
+    for f in task.files(split):
+        st = task.audio_path(split, f).stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _paths(cache_dir: Path, embedder: Embedder, task: Task, split: str) -> tuple[Path, Path]:
+    folder = Path(cache_dir) / cache_slug(embedder.cache_key) / cache_slug(task.name)
+    return folder / f"{split}.npy", folder / f"{split}.json"
+
+
+def _load(npy: Path, meta_path: Path, key: str, fingerprint: str, n: int) -> np.ndarray | None:
+    if not (npy.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("cache_key") != key or meta.get("fingerprint") != fingerprint:
+            return None
+        emb = np.load(npy)
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable embedding cache %s (%s)", npy, exc)
+        return None
+    return emb if emb.ndim == 2 and len(emb) == n and emb.dtype == np.float32 else None
+
+
+def _save(emb: np.ndarray, npy: Path, meta_path: Path, meta: dict) -> None:
+    """Write both files through temporary names so an interrupted run leaves no half entry."""
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = npy.with_suffix(".tmp.npy")
+    np.save(tmp, emb)
+    os.replace(tmp, npy)
+    tmp_meta = meta_path.with_suffix(".tmp.json")
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, meta_path)
+
+
+def _check_output(emb: np.ndarray, embedder: Embedder, n: int) -> np.ndarray:
+    emb = np.asarray(emb)
+    if emb.ndim != 2 or len(emb) != n:
+        raise EmbedderError(f"embedder {embedder.name}: expected ({n}, d) embeddings, got {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise EmbedderError(f"embedder {embedder.name}: produced NaN or infinite embeddings")
+    return emb.astype(np.float32, copy=False)
+
+
+def _compute(embedder: Embedder, task: Task, split: str, chunk_size: int, progress: bool) -> np.ndarray:
+    """Load and embed the split ``chunk_size`` files at a time -> ``(n, d)`` float32."""
+    files = task.files(split)
+    parts = []
+    bar = tqdm(total=len(files), desc=f"embed {embedder.name} / {task.name} / {split}",
+               unit="clip", disable=not progress, leave=False)
+    for s in range(0, len(files), chunk_size):
+        names = files[s : s + chunk_size]
+        clips = []
+        for f in names:
+            try:
+                clips.append(load_audio(task.audio_path(split, f)))
+            except InvalidAudioError as exc:
+                raise InvalidAudioError(f"task {task.name}, split {split}: {exc}") from exc
+        parts.append(_check_output(embedder.embed(clips), embedder, len(clips)))
+        bar.update(len(names))
+    bar.close()
+    return np.concatenate(parts)
+
+
+def embed_split(
+    embedder: Embedder,
+    task: Task,
+    split: str,
+    cache_dir: str | Path | None = None,
+    chunk_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """Scene embeddings ``(n, d)`` float32 of ``split``, from the cache when it is valid."""
+    if cache_dir is None:
+        return _compute(embedder, task, split, chunk_size, progress)
+    npy, meta_path = _paths(Path(cache_dir), embedder, task, split)
+    fingerprint = split_fingerprint(task, split)
+    n = len(task.files(split))
+    emb = _load(npy, meta_path, embedder.cache_key, fingerprint, n)
+    if emb is not None:
+        log.debug("embedding cache hit %s", npy)
+        return emb
+    emb = _compute(embedder, task, split, chunk_size, progress)
+    meta = {"cache_key": embedder.cache_key, "embedder": embedder.name, "task": task.name,
+            "task_dir": str(task.path.resolve()), "split": split, "shape": list(emb.shape),
+            "fingerprint": fingerprint}
+    _save(emb, npy, meta_path, meta)
+    return emb

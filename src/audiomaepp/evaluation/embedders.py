@@ -1,0 +1,128 @@
+"""What evaluation needs from a model: the :class:`Embedder` protocol, the log-mel baseline and
+the ``make_embedder`` factory for command-line specs.
+
+Model embedders (``random:<preset>``, a model directory) come from :mod:`audiomaepp.embedding`,
+imported only when such a spec is used, so evaluation runs with the baseline alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from ..errors import AudioMAEError
+from ..frontend import log_mel
+
+__all__ = ["Embedder", "LogMelStatsEmbedder", "make_embedder", "resolve_device", "EmbedderError"]
+
+
+class EmbedderError(AudioMAEError, ValueError):
+    """A model spec that cannot be turned into an embedder, or an embedder that misbehaves."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Maps whole clips to scene embeddings.
+
+    ``name``: row label in reports. ``cache_key``: changes whenever the embeddings would (weights,
+    layout, front end), so cached embeddings are never reused across models. Optionally
+    ``embedding_size: int``. ``embed(audio)`` takes a list of mono float32 16 kHz arrays of any
+    lengths and returns ``(len(audio), d)`` float32.
+    """
+
+    name: str
+    cache_key: str
+
+    def embed(self, audio: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+class LogMelStatsEmbedder:
+    """Baseline: per-mel-bin mean and population std over time of the log-mel, dim 160.
+
+    ``[mean_0..mean_79, std_0..std_79]`` of ``audiomaepp.frontend.log_mel`` (no standardisation:
+    the probe standardises embeddings with training statistics). Clips of equal length are run
+    together in batches of ``batch_size``.
+    """
+
+    name = "logmel"
+    embedding_size = 160
+    cache_key = "logmel-stats-v1"
+
+    def __init__(self, batch_size: int = 64) -> None:
+        self.batch_size = batch_size
+
+    def _stats(self, clips: list[np.ndarray]) -> np.ndarray:
+        wav = torch.from_numpy(np.stack(clips).astype(np.float32, copy=False))  # (B, N)
+        lm = log_mel(wav)[:, 0]  # (B, T, 80)
+        feats = torch.cat([lm.mean(dim=1), lm.std(dim=1, unbiased=False)], dim=1)  # (B, 160)
+        return feats.numpy()
+
+    def embed(self, audio: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.empty((len(audio), self.embedding_size), dtype=np.float32)
+        by_length: dict[int, list[int]] = {}
+        for i, clip in enumerate(audio):
+            by_length.setdefault(len(clip), []).append(i)
+        with torch.no_grad():
+            for idx in by_length.values():
+                for s in range(0, len(idx), self.batch_size):
+                    part = idx[s : s + self.batch_size]
+                    out[part] = self._stats([np.asarray(audio[i]) for i in part])
+        return out
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is returned as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _scene_embedder_class() -> Any:
+    try:
+        from ..embedding import SceneEmbedder
+    except ImportError as exc:
+        raise EmbedderError(
+            f"model embedders need audiomaepp.embedding.SceneEmbedder, which is not available ({exc})"
+        ) from exc
+    return SceneEmbedder
+
+
+def make_embedder(
+    spec: str,
+    *,
+    device: str = "auto",
+    batch_size: int | None = None,
+    seed: int = 0,
+    layout: str | None = None,
+) -> Embedder:
+    """Build an embedder from a spec string.
+
+    - ``logmel``: :class:`LogMelStatsEmbedder` (CPU, ignores ``device``).
+    - ``random:<preset>``: ``SceneEmbedder.random_init(preset, seed=seed, device=..., batch_size=...)``,
+      the random-init encoder baseline.
+    - anything else: a model directory, ``SceneEmbedder.from_dir(path, device=..., batch_size=...,
+      layout=...)``. ``batch_size`` / ``layout`` are passed only when given.
+    """
+    if spec == "logmel":
+        return LogMelStatsEmbedder(**({"batch_size": batch_size} if batch_size else {}))
+    kwargs: dict[str, Any] = {"device": resolve_device(device)}
+    if batch_size:
+        kwargs["batch_size"] = batch_size
+    if spec.startswith("random:"):
+        preset = spec.split(":", 1)[1]
+        if not preset:
+            raise EmbedderError(f"model spec {spec!r}: expected random:<preset>, e.g. random:base")
+        return _scene_embedder_class().random_init(preset, seed=seed, **kwargs)
+    path = Path(spec)
+    if not path.is_dir():
+        raise EmbedderError(
+            f"model spec {spec!r}: not 'logmel', not 'random:<preset>' and not a model directory"
+        )
+    if layout is not None:
+        kwargs["layout"] = layout
+    return _scene_embedder_class().from_dir(path, **kwargs)
+

@@ -1,0 +1,227 @@
+"""Run the downstream protocol: embed every task split once, train the probe per (seed, fold),
+average folds, summarise seeds (mean and 95 % CI) and compute the aggregate normalized score.
+
+Score of one (model, task, seed): the primary metric on the test split, averaged over test folds
+for k-fold tasks. Task score: mean over seeds; CI: ``t(0.975, n-1) * std(ddof=1) / sqrt(n)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import __version__
+from .cache import embed_split
+from .embedders import Embedder, EmbedderError, make_embedder
+from .probe import ProbeConfig, ProbeData, train_probe
+from .stats import mean_ci, normalized_scores
+from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task
+
+__all__ = ["FoldRun", "TaskResult", "EvaluationResult", "run_evaluation", "evaluate_task"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldRun:
+    """Probe outcome on one test fold for one seed."""
+
+    fold: str  # test split
+    valid: str  # validation split
+    dropout: float  # selected on validation
+    valid_score: float
+    best_epoch: int
+    epochs: int
+    test: dict[str, float]  # all task metrics on the test split
+
+
+@dataclass
+class TaskResult:
+    """All probe runs of one model on one task: ``runs[seed_index][fold_index]``."""
+
+    model: str
+    task: str
+    metrics: tuple[str, ...]
+    seeds: list[int]
+    runs: list[list[FoldRun]]
+    embedding_dim: int
+    prediction_type: str = ""
+    split_mode: str = ""
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metrics[0]
+
+    def seed_scores(self, metric: str | None = None) -> list[float]:
+        """Per-seed task score: ``metric`` (default primary) averaged over the test folds."""
+        metric = metric or self.primary_metric
+        return [float(np.mean([r.test[metric] for r in folds])) for folds in self.runs]
+
+    def summary(self, metric: str | None = None) -> tuple[float, float]:
+        """``(mean, 95 % CI half-width)`` over seeds."""
+        return mean_ci(self.seed_scores(metric))
+
+    @property
+    def mean(self) -> float:
+        return self.summary()[0]
+
+    @property
+    def ci(self) -> float:
+        return self.summary()[1]
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one evaluation produced; ``results[model][task]``."""
+
+    models: list[str]
+    tasks: list[str]
+    results: dict[str, dict[str, TaskResult]]
+    normalized: dict[str, float]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with every number (per seed and fold too)."""
+        out: dict[str, Any] = {"models": self.models, "tasks": self.tasks,
+                               "normalized_score": self.normalized, "config": self.config,
+                               "results": {}}
+        for m in self.models:
+            out["results"][m] = {}
+            for t in self.tasks:
+                r = self.results[m][t]
+                mean, ci = r.summary()
+                out["results"][m][t] = {
+                    "primary_metric": r.primary_metric, "mean": mean, "ci95": ci,
+                    "seed_scores": r.seed_scores(), "seeds": r.seeds,
+                    "metrics": {k: dict(zip(("mean", "ci95"), r.summary(k), strict=True))
+                                for k in r.metrics},
+                    "embedding_dim": r.embedding_dim, "prediction_type": r.prediction_type,
+                    "split_mode": r.split_mode,
+                    "runs": [[dataclasses.asdict(f) for f in folds] for folds in r.runs],
+                }
+        return out
+
+
+def _fold_data(task: Task, fold: Fold, emb: dict[str, np.ndarray], ys: dict[str, np.ndarray]):
+    """Stack the training splits; return ``(train, valid, test)`` :class:`ProbeData`."""
+    train = ProbeData(np.concatenate([emb[s] for s in fold.train]),
+                      np.concatenate([ys[s] for s in fold.train]))
+    return train, ProbeData(emb[fold.valid], ys[fold.valid]), ProbeData(emb[fold.test], ys[fold.test])
+
+
+def _embed_task(embedder: Embedder, task: Task, cache_dir, progress: bool) -> dict[str, np.ndarray]:
+    emb = {s: embed_split(embedder, task, s, cache_dir, progress=progress) for s in task.split_names}
+    dims = {e.shape[1] for e in emb.values()}
+    if len(dims) != 1:
+        raise EmbedderError(f"embedder {embedder.name}: different sizes {dims} across splits of {task.name}")
+    return emb
+
+
+def evaluate_task(
+    embedder: Embedder,
+    task: Task,
+    seeds: Sequence[int],
+    cfg: ProbeConfig | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    bar: Any = None,
+) -> TaskResult:
+    """Embed ``task`` with ``embedder`` and run the probe for every seed and fold.
+
+    ``bar``: an optional tqdm bar advanced by one per probe (seed x fold).
+    """
+    cfg = cfg or ProbeConfig()
+    emb = _embed_task(embedder, task, cache_dir, progress)
+    ys = {s: task.targets(s) for s in task.split_names}
+    folds = task.folds()
+    data = [_fold_data(task, f, emb, ys) for f in folds]
+    runs = []
+    for seed in seeds:
+        row = []
+        for fold, (tr, va, te) in zip(folds, data, strict=True):
+            p = train_probe(tr, va, te, task.prediction_type, task.metrics, seed, cfg)
+            row.append(FoldRun(fold.test, fold.valid, p.dropout, p.valid_score, p.best_epoch,
+                               p.epochs, p.test))
+            if bar is not None:
+                bar.update(1)
+        runs.append(row)
+    return TaskResult(embedder.name, task.name, task.metrics, list(seeds), runs,
+                      next(iter(emb.values())).shape[1], task.prediction_type, task.split_mode)
+
+
+def _unique_names(embedders: list[Embedder]) -> list[str]:
+    """Report row labels: embedder names, made unique with ``#2``, ``#3`` suffixes."""
+    seen: dict[str, int] = {}
+    names = []
+    for e in embedders:
+        seen[e.name] = seen.get(e.name, 0) + 1
+        names.append(e.name if seen[e.name] == 1 else f"{e.name}#{seen[e.name]}")
+    return names
+
+
+def _read_tasks(task_dirs: Sequence[str | Path]) -> list[Task]:
+    tasks = [read_task(d) for d in find_task_dirs(list(task_dirs))]
+    names = [t.name for t in tasks]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise TaskFormatError(f"task name(s) {dup} appear in more than one task folder")
+    return tasks
+
+
+def run_evaluation(
+    embedders: Sequence[Embedder | str],
+    task_dirs: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    seeds: int | Sequence[int] = 10,
+    cache_dir: str | Path | None = None,
+    probe: ProbeConfig | None = None,
+    progress: bool = True,
+    **probe_overrides: Any,
+) -> EvaluationResult:
+    """Evaluate every embedder on every task; write the report to ``out_dir`` when given.
+
+    ``embedders``: :class:`Embedder` objects or spec strings for :func:`make_embedder`.
+    ``task_dirs``: task folders or folders of task folders. ``seeds``: a count (seeds 0..n-1)
+    or explicit seeds. ``cache_dir``: embedding cache (None: no cache). ``probe`` /
+    ``probe_overrides`` (e.g. ``max_epochs=30``): :class:`ProbeConfig` fields.
+    """
+    embs = [make_embedder(e) if isinstance(e, str) else e for e in embedders]
+    if not embs:
+        raise EmbedderError("no embedders to evaluate")
+    cfg = dataclasses.replace(probe or ProbeConfig(), **probe_overrides)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise ValueError("need at least one seed")
+    tasks = _read_tasks(task_dirs)
+    names = _unique_names(embs)
+    total = len(embs) * len(seed_list) * sum(len(t.folds()) for t in tasks)
+    results: dict[str, dict[str, TaskResult]] = {n: {} for n in names}
+    start = time.time()
+    with tqdm(total=total, desc="probes", unit="probe", disable=not progress) as bar:
+        for task in tasks:
+            for name, emb in zip(names, embs, strict=True):
+                bar.set_postfix_str(f"{name} / {task.name}")
+                r = evaluate_task(emb, task, seed_list, cfg, cache_dir, progress, bar)
+                r.model = name
+                results[name][task.name] = r
+                log.info("%s on %s: %s = %.4f ± %.4f", name, task.name, r.primary_metric, r.mean, r.ci)
+    task_names = [t.name for t in tasks]
+    table = {m: {t: results[m][t].mean for t in task_names} for m in names}
+    config = {"seeds": seed_list, "probe": dataclasses.asdict(cfg), "audiomaepp": __version__,
+              "tasks": {t.name: str(t.path) for t in tasks},
+              "embedders": {n: e.cache_key for n, e in zip(names, embs, strict=True)},
+              "seconds": round(time.time() - start, 1)}
+    result = EvaluationResult(names, task_names, results, normalized_scores(table, task_names), config)
+    if out_dir is not None:
+        from .report import write_report
+
+        write_report(result, out_dir)
+    return result

@@ -1,0 +1,529 @@
+"""Tests of audiomaepp.evaluation: task reader, metrics, statistics, probe, cache, report, CLI.
+
+Tiny HEAR-format tasks are generated here: 0.25-s clips holding tones whose frequency (400, 1200
+or 3500 Hz) is the label, so the log-mel baseline makes them learnable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiomaepp.errors import InvalidAudioError
+from audiomaepp.evaluation import (
+    EmbedderError,
+    Fold,
+    LogMelStatsEmbedder,
+    ProbeConfig,
+    ProbeData,
+    TaskFormatError,
+    embed_split,
+    find_task_dirs,
+    make_embedder,
+    markdown_table,
+    mean_ci,
+    normalized_scores,
+    read_task,
+    run_evaluation,
+    t_quantile,
+    train_probe,
+)
+from audiomaepp.evaluation.metrics import (
+    aucroc,
+    average_precision,
+    chroma_acc,
+    d_prime,
+    mean_average_precision,
+    top1_acc,
+)
+from audiomaepp.evaluation.probe import build_probe, standardize
+from audiomaepp.evaluation.stats import betainc, student_t_cdf
+from audiomaepp.frontend import log_mel
+
+SR = 16_000
+FREQS = (400.0, 1200.0, 3500.0)
+LABELS = ("low", "mid", "high")
+FAST = {"max_epochs": 9}  # probe settings for tests that only check plumbing
+
+
+# --------------------------------------------------------------------------- synthetic tasks
+
+
+def _clip(rng: np.random.Generator, classes: list[int], n: int = 4000) -> np.ndarray:
+    t = np.arange(n) / SR
+    x = 0.02 * rng.standard_normal(n)
+    for c in classes:
+        f = FREQS[c] * (1 + rng.uniform(-0.03, 0.03))
+        x += rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+    return x.astype(np.float32)
+
+
+def _labels_for(rng: np.random.Generator, i: int, ptype: str, ncls: int) -> list[int]:
+    if ptype == "multiclass":
+        return [i % ncls]
+    mask = rng.random(ncls) < 0.5
+    if not mask.any():
+        mask[rng.integers(ncls)] = True
+    return [int(c) for c in np.flatnonzero(mask)]
+
+
+def make_task(root: Path, name: str, ptype: str, mode: str, splits: dict[str, int],
+              ncls: int = 3, seed: int = 0, metrics: tuple[str, ...] = ("top1_acc",)) -> Path:
+    """Write a HEAR-format scene task with ``splits[name]`` clips per split."""
+    rng = np.random.default_rng(seed)
+    d = root / name
+    d.mkdir(parents=True)
+    meta = {"task_name": name, "embedding_type": "scene", "prediction_type": ptype,
+            "split_mode": mode, "nfolds": None if mode == "trainvaltest" else len(splits),
+            "evaluation": list(metrics), "sample_duration": 0.25}
+    (d / "task_metadata.json").write_text(json.dumps(meta))
+    (d / "labelvocabulary.csv").write_text(
+        "idx,label\n" + "".join(f"{i},{LABELS[i]}\n" for i in range(ncls)))
+    for split, n in splits.items():
+        (d / "16000" / split).mkdir(parents=True)
+        entries = {}
+        for i in range(n):
+            cls = _labels_for(rng, i, ptype, ncls)
+            fname = f"{split}_{i:03d}.wav"
+            sf.write(d / "16000" / split / fname, _clip(rng, cls), SR)
+            entries[fname] = [LABELS[c] for c in cls]
+        (d / f"{split}.json").write_text(json.dumps(entries))
+    return d
+
+
+@pytest.fixture(scope="module")
+def tasks_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tasks")
+    make_task(root, "tones", "multiclass", "trainvaltest", {"train": 45, "valid": 15, "test": 30})
+    make_task(root, "mix", "multilabel", "trainvaltest", {"train": 60, "valid": 20, "test": 30},
+              seed=1, metrics=("mAP", "d_prime", "aucroc", "top1_acc"))
+    make_task(root, "kfold", "multiclass", "new_split_kfold",
+              {"fold00": 15, "fold01": 15, "fold02": 15}, ncls=2, seed=2)
+    return root
+
+
+@pytest.fixture()
+def tones_copy(tasks_root, tmp_path) -> Path:
+    """A private copy of the multiclass task to break in tests."""
+    return Path(shutil.copytree(tasks_root / "tones", tmp_path / "tones"))
+
+
+def _split_data(task, split: str) -> ProbeData:
+    return ProbeData(embed_split(LogMelStatsEmbedder(), task, split), task.targets(split))
+
+
+class CountingEmbedder:
+    """Log-mel baseline that counts ``embed`` calls (for the cache test)."""
+
+    embedding_size = 160
+
+    def __init__(self, name: str = "counting", cache_key: str = "counting-v1") -> None:
+        self.name, self.cache_key, self.calls = name, cache_key, 0
+        self._inner = LogMelStatsEmbedder()
+
+    def embed(self, audio):
+        self.calls += 1
+        return self._inner.embed(audio)
+
+
+class MeanOnlyEmbedder:
+    """A weaker second model for the report: only the per-bin log-mel means (dim 80)."""
+
+    name = "mean-only"
+    cache_key = "mean-only-v1"
+
+    def embed(self, audio):
+        return LogMelStatsEmbedder().embed(audio)[:, :80]
+
+
+# --------------------------------------------------------------------------- task reader
+
+
+def test_read_trainvaltest_task(tasks_root):
+    task = read_task(tasks_root / "tones")
+    assert (task.name, task.prediction_type, task.split_mode) == ("tones", "multiclass", "trainvaltest")
+    assert task.labels == LABELS and task.primary_metric == "top1_acc"
+    assert task.split_names == ["train", "valid", "test"]
+    assert task.folds() == [Fold(("train",), "valid", "test")]
+    files = task.files("train")
+    assert files == sorted(files) and len(files) == 45
+    y = task.targets("train")
+    assert y.shape == (45, 3) and y.dtype == np.float32 and (y.sum(1) == 1).all()
+    assert y[files.index("train_004.wav")].argmax() == 1  # i % 3 == 1 -> "mid"
+    assert task.audio_path("test", "test_000.wav").is_file()
+
+
+def test_read_multilabel_task(tasks_root):
+    task = read_task(tasks_root / "mix")
+    assert task.prediction_type == "multilabel" and task.metrics[0] == "mAP"
+    y = task.targets("test")
+    assert y.shape == (30, 3) and (y.sum(1) >= 1).all() and (y.sum(1) > 1).any()
+
+
+def test_kfold_scheme_validates_on_next_fold(tasks_root):
+    task = read_task(tasks_root / "kfold")
+    assert task.split_names == ["fold00", "fold01", "fold02"]
+    assert task.folds() == [
+        Fold(("fold02",), "fold01", "fold00"),
+        Fold(("fold00",), "fold02", "fold01"),
+        Fold(("fold01",), "fold00", "fold02"),
+    ]
+
+
+def test_find_task_dirs(tasks_root):
+    assert [p.name for p in find_task_dirs([tasks_root])] == ["kfold", "mix", "tones"]
+    assert find_task_dirs([tasks_root / "mix", tasks_root / "mix"]) == [tasks_root / "mix"]
+    with pytest.raises(TaskFormatError, match="no such task folder"):
+        find_task_dirs([tasks_root / "nope"])
+    with pytest.raises(TaskFormatError, match="task_metadata.json"):
+        find_task_dirs([tasks_root / "tones" / "16000"])
+
+
+def _edit_json(path: Path, fn) -> None:
+    path.write_text(json.dumps(fn(json.loads(path.read_text()))))
+
+
+def _set(key, value):
+    def edit(meta):
+        meta[key] = value
+        return meta
+    return edit
+
+
+def _drop(key):
+    def edit(meta):
+        meta.pop(key)
+        return meta
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "file", "message"),
+    [
+        (_drop("prediction_type"), "task_metadata.json", "missing key"),
+        (_set("split_mode", "random"), "task_metadata.json", "split_mode"),
+        (_set("embedding_type", "event"), "task_metadata.json", "only scene tasks"),
+        (_set("evaluation", ["f1_magic"]), "task_metadata.json", "unknown metric"),
+        (_set("evaluation", []), "task_metadata.json", "evaluation"),
+        (_set("prediction_type", "regression"), "task_metadata.json", "prediction_type"),
+    ],
+)
+def test_bad_metadata_names_the_file(tones_copy, edit, file, message):
+    _edit_json(tones_copy / file, edit)
+    with pytest.raises(TaskFormatError, match=message) as err:
+        read_task(tones_copy)
+    assert file in str(err.value)
+
+
+def test_bad_kfold_count(tones_copy):
+    _edit_json(tones_copy / "task_metadata.json", _set("split_mode", "presplit_kfold"))
+    _edit_json(tones_copy / "task_metadata.json", _set("nfolds", 2))
+    with pytest.raises(TaskFormatError, match="nfolds >= 3"):
+        read_task(tones_copy)
+
+
+def test_malformed_files_are_named(tones_copy):
+    (tones_copy / "task_metadata.json").write_text("{not json")
+    with pytest.raises(TaskFormatError, match="task_metadata.json.*not valid JSON"):
+        read_task(tones_copy)
+
+
+def test_bad_labels_are_named(tones_copy):
+    _edit_json(tones_copy / "train.json", lambda d: {**d, "train_000.wav": ["purple"]})
+    with pytest.raises(TaskFormatError, match=r"train\.json.*train_000\.wav.*purple"):
+        read_task(tones_copy)
+    _edit_json(tones_copy / "train.json", lambda d: {**d, "train_000.wav": ["low", "mid"]})
+    with pytest.raises(TaskFormatError, match="exactly one"):
+        read_task(tones_copy)
+
+
+def test_bad_vocabulary_and_missing_split(tones_copy):
+    (tones_copy / "labelvocabulary.csv").write_text("id,name\n0,low\n")
+    with pytest.raises(TaskFormatError, match="labelvocabulary.csv"):
+        read_task(tones_copy)
+    (tones_copy / "labelvocabulary.csv").write_text("idx,label\n0,low\n2,mid\n")
+    with pytest.raises(TaskFormatError, match="without gaps"):
+        read_task(tones_copy)
+    (tones_copy / "labelvocabulary.csv").write_text("idx,label\n0,low\n1,mid\n2,high\n")
+    (tones_copy / "valid.json").unlink()
+    with pytest.raises(TaskFormatError, match=r"valid\.json: missing file"):
+        read_task(tones_copy)
+
+
+def test_missing_audio_is_reported_before_embedding(tones_copy):
+    (tones_copy / "16000" / "test" / "test_007.wav").unlink()
+    with pytest.raises(TaskFormatError, match="test_007.wav"):
+        read_task(tones_copy)
+    assert read_task(tones_copy, check_audio=False).name == "tones"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_top1_and_chroma_accuracy():
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.9, 0.05, 0.05]])
+    targets = np.eye(3)[[1, 0, 1, 2]]
+    assert top1_acc(scores, targets) == pytest.approx(0.5)
+    multi = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=np.float32)
+    assert top1_acc(scores, multi) == pytest.approx(0.75)  # a hit on any true label
+    scores13 = np.zeros((2, 13))
+    scores13[0, 12], scores13[1, 5] = 1, 1
+    assert chroma_acc(scores13, np.eye(13)[[0, 6]]) == pytest.approx(0.5)  # 12 == 0 mod 12
+
+
+def test_average_precision_by_hand():
+    # ranking 0.9(+) 0.8(-) 0.7(+) 0.1(-): precision 1/1 at the first hit, 2/3 at the second
+    assert average_precision(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0])) == pytest.approx(5 / 6)
+    # one tied block of {+, -}: a single threshold with precision 1/2
+    assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)
+    assert math.isnan(average_precision(np.array([0.3, 0.2]), np.array([0, 0])))
+
+
+def test_mean_average_precision_skips_classes_without_positives():
+    scores = np.array([[0.9, 0.2, 0.1], [0.8, 0.6, 0.3], [0.7, 0.1, 0.9], [0.1, 0.3, 0.2]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    # class 0: 5/6; class 1: its positive ranks first -> 1; class 2: no positives -> skipped
+    assert mean_average_precision(scores, targets) == pytest.approx((5 / 6 + 1) / 2)
+
+
+def test_aucroc_and_d_prime_by_hand():
+    scores = np.array([[0.9], [0.8], [0.7], [0.1]])
+    targets = np.array([[1], [0], [1], [0]])
+    assert aucroc(scores, targets) == pytest.approx(0.75)  # 3 of 4 (pos, neg) pairs ordered
+    assert d_prime(scores, targets) == pytest.approx(math.sqrt(2) * 0.6744897501960817)
+    tied = aucroc(np.array([[0.5], [0.5], [0.2]]), np.array([[1], [0], [0]]))
+    assert tied == pytest.approx(0.75)  # a tie counts one half
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 9, 2.2622),
+     (0.975, 29, 2.0452), (0.995, 3, 5.8409), (0.9, 5, 1.4759), (0.975, 120, 1.9799)],
+)
+def test_t_quantile_known_values(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(1 - p, df) == pytest.approx(-expected, abs=1e-4)
+    assert student_t_cdf(t_quantile(p, df), df) == pytest.approx(p, abs=1e-12)
+
+
+def test_betainc_closed_forms():
+    # I_x(1, b) = 1 - (1 - x)^b ; I_x(1/2, 1/2) = 2/pi * asin(sqrt(x))
+    assert betainc(1.0, 3.0, 0.2) == pytest.approx(1 - 0.8**3, rel=1e-12)
+    assert betainc(0.5, 0.5, 0.3) == pytest.approx(2 / math.pi * math.asin(math.sqrt(0.3)), rel=1e-12)
+    assert betainc(2.0, 3.0, 0.4) == pytest.approx(0.5248, rel=1e-12)
+
+
+def test_mean_ci_formula():
+    mean, ci = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == pytest.approx(3.0)
+    assert ci == pytest.approx(2.7764451 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    one_mean, one_ci = mean_ci([0.7])
+    assert one_mean == 0.7 and math.isnan(one_ci)
+
+
+def test_normalized_scores_by_hand():
+    table = {"A": {"t1": 0.5, "t2": 0.8}, "B": {"t1": 0.7, "t2": 0.6}, "C": {"t1": 0.9, "t2": 0.7}}
+    s = normalized_scores(table)
+    assert s == pytest.approx({"A": 50.0, "B": 25.0, "C": 75.0})
+    for m, extra in zip("ABC", (0.3, 0.3, 0.3), strict=True):
+        table[m]["t3"] = extra  # a task everyone ties on counts 1 for all: +100/3 each
+    s3 = normalized_scores(table)
+    assert s3 == pytest.approx({"A": 200 / 3, "B": 150 / 3, "C": 250 / 3})
+    assert normalized_scores({"solo": {"t": 0.4}}) == {"solo": 100.0}
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def test_probe_architecture_and_init():
+    torch.manual_seed(0)
+    model = build_probe(160, 5, 1024, 0.25)
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Linear", "BatchNorm1d", "Dropout", "ReLU", "Linear"]
+    assert model[0].weight.shape == (1024, 160) and model[4].weight.shape == (5, 1024)
+    assert model[2].p == 0.25
+    assert float(model[0].bias.detach().abs().sum()) == 0 and float(model[4].bias.detach().abs().sum()) == 0
+    assert float(model[0].weight.detach().std()) == pytest.approx(math.sqrt(2 / (160 + 1024)), rel=0.05)
+
+
+def test_standardize_uses_train_statistics():
+    train = np.array([[1.0, 5.0], [3.0, 5.0]], dtype=np.float32)
+    tr, other = standardize(train, np.array([[2.0, 7.0]], dtype=np.float32))
+    np.testing.assert_allclose(tr, [[-1.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_allclose(other, [[0.0, 2.0]])  # constant dim: centred, std 1
+
+
+def test_probe_learns_and_is_deterministic(tasks_root):
+    task = read_task(tasks_root / "tones")
+    tr, va, te = (_split_data(task, s) for s in ("train", "valid", "test"))
+    cfg = ProbeConfig(max_epochs=60)
+    a = train_probe(tr, va, te, "multiclass", ["top1_acc"], seed=3, cfg=cfg)
+    b = train_probe(tr, va, te, "multiclass", ["top1_acc"], seed=3, cfg=cfg)
+    assert a.test["top1_acc"] >= 0.8  # chance is 1/3
+    assert a == b  # same seed, same embeddings -> identical selection, epochs and scores
+    assert set(a.grid) == {0.1, 0.25} and a.dropout in (0.1, 0.25)
+    assert a.valid_score == max(a.grid.values())
+
+
+def test_probe_minibatches_and_early_stopping(tasks_root):
+    task = read_task(tasks_root / "mix")
+    tr, va, te = (_split_data(task, s) for s in ("train", "valid", "test"))
+    cfg = ProbeConfig(batch_size=16, patience=2, max_epochs=500)
+    a = train_probe(tr, va, te, "multilabel", list(task.metrics), seed=0, cfg=cfg)
+    b = train_probe(tr, va, te, "multilabel", list(task.metrics), seed=0, cfg=cfg)
+    assert a == b
+    assert a.epochs < 500 and a.best_epoch % 3 == 0 and a.best_epoch <= a.epochs
+    assert a.epochs - a.best_epoch == 3 * cfg.patience  # stopped after `patience` idle checks
+    assert set(a.test) == {"mAP", "d_prime", "aucroc", "top1_acc"}
+    assert a.test["mAP"] > 0.8
+
+
+# --------------------------------------------------------------------------- embedders
+
+
+def test_logmel_stats_embedder_matches_log_mel():
+    rng = np.random.default_rng(0)
+    clips = [_clip(rng, [0]), _clip(rng, [2], n=3000), _clip(rng, [1])]
+    emb = LogMelStatsEmbedder(batch_size=1).embed(clips)
+    assert emb.shape == (3, 160) and emb.dtype == np.float32
+    lm = log_mel(torch.from_numpy(clips[1]))[0, 0]  # (T, 80)
+    np.testing.assert_allclose(emb[1, :80], lm.mean(0).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(emb[1, 80:], lm.std(0, unbiased=False).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(LogMelStatsEmbedder(batch_size=8).embed(clips), emb, rtol=1e-5, atol=1e-5)
+
+
+def test_make_embedder_specs(tmp_path, monkeypatch):
+    assert isinstance(make_embedder("logmel"), LogMelStatsEmbedder)
+    with pytest.raises(EmbedderError, match="not a model directory"):
+        make_embedder(str(tmp_path / "missing"))
+    calls = []
+
+    class FakeSceneEmbedder:
+        @classmethod
+        def random_init(cls, preset, **kw):
+            calls.append(("random", preset, kw))
+            return "random-model"
+
+        @classmethod
+        def from_dir(cls, path, **kw):
+            calls.append(("dir", Path(path), kw))
+            return "dir-model"
+
+    fake = types.ModuleType("audiomaepp.embedding")
+    fake.SceneEmbedder = FakeSceneEmbedder
+    monkeypatch.setitem(sys.modules, "audiomaepp.embedding", fake)
+    assert make_embedder("random:tiny", device="cpu", seed=4) == "random-model"
+    assert make_embedder(str(tmp_path), device="cpu", batch_size=8, layout="release") == "dir-model"
+    assert calls == [("random", "tiny", {"seed": 4, "device": "cpu"}),
+                     ("dir", tmp_path, {"device": "cpu", "batch_size": 8, "layout": "release"})]
+    with pytest.raises(EmbedderError, match="random:<preset>"):
+        make_embedder("random:")
+
+
+# --------------------------------------------------------------------------- runner, cache, report
+
+
+def test_kfold_task_score_is_the_fold_average(tasks_root):
+    result = run_evaluation([LogMelStatsEmbedder()], [tasks_root / "kfold"], seeds=[0, 1],
+                            progress=False, **FAST)
+    r = result.results["logmel"]["kfold"]
+    assert r.seeds == [0, 1] and len(r.runs) == 2
+    assert [(f.fold, f.valid) for f in r.runs[0]] == [
+        ("fold00", "fold01"), ("fold01", "fold02"), ("fold02", "fold00")]
+    per_seed = [np.mean([f.test["top1_acc"] for f in folds]) for folds in r.runs]
+    assert r.seed_scores() == pytest.approx(per_seed)
+    assert r.mean == pytest.approx(np.mean(per_seed))
+    assert r.ci == pytest.approx(12.7062047 * np.std(per_seed, ddof=1) / math.sqrt(2))
+
+
+def test_embedding_cache_is_reused(tasks_root, tmp_path):
+    emb = CountingEmbedder()
+    cache = tmp_path / "cache"
+    first = run_evaluation([emb], [tasks_root / "tones"], seeds=1, cache_dir=cache,
+                           progress=False, **FAST)
+    calls = emb.calls
+    assert calls == 3  # one chunk per split
+    second = run_evaluation([emb], [tasks_root / "tones"], seeds=1, cache_dir=cache,
+                            progress=False, **FAST)
+    assert emb.calls == calls  # all three splits came from the cache
+    assert first.results["counting"]["tones"].runs == second.results["counting"]["tones"].runs
+    assert len(list(cache.rglob("*.npy"))) == 3 and len(list(cache.rglob("*.json"))) == 3
+    other = CountingEmbedder(cache_key="counting-v2")  # another model: never reuses v1's files
+    run_evaluation([other], [tasks_root / "tones"], seeds=1, cache_dir=cache, progress=False, **FAST)
+    assert other.calls == 3
+
+
+def test_cache_detects_changed_audio(tones_copy, tmp_path):
+    task = read_task(tones_copy)
+    emb = CountingEmbedder()
+    before = embed_split(emb, task, "valid", tmp_path / "c")
+    path = task.audio_path("valid", "valid_000.wav")
+    sf.write(path, np.zeros(8000, dtype=np.float32), SR)  # other content, size and mtime
+    after = embed_split(emb, task, "valid", tmp_path / "c")
+    assert emb.calls == 2 and not np.array_equal(before, after)
+
+
+def test_unreadable_audio_stops_evaluation(tones_copy):
+    (tones_copy / "16000" / "valid" / "valid_003.wav").write_bytes(b"RIFF garbage")
+    with pytest.raises(InvalidAudioError, match=r"tones, split valid: .*valid_003\.wav"):
+        run_evaluation([LogMelStatsEmbedder()], [tones_copy], seeds=1, progress=False, **FAST)
+
+
+def test_report_files(tasks_root, tmp_path):
+    out = tmp_path / "report"
+    result = run_evaluation([LogMelStatsEmbedder(), MeanOnlyEmbedder()], [tasks_root], out_dir=out,
+                            seeds=2, progress=False, **FAST)
+    assert result.tasks == ["kfold", "mix", "tones"] and result.models == ["logmel", "mean-only"]
+    for name in ("results.md", "summary.csv", "scores.csv", "results.json", "results.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "results.md").read_text()
+    assert md == markdown_table(result)
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| Model | kfold | mix | tones | s(m) |"
+    assert [r.split(" | ")[0] for r in rows[2:]] == ["| logmel", "| mean-only"]
+    mean, ci = result.results["logmel"]["tones"].summary()
+    assert f"{100 * mean:.1f} ± {100 * ci:.1f}" in rows[2]
+    assert rows[2].endswith(f"| {result.normalized['logmel']:.1f} |")
+    data = json.loads((out / "results.json").read_text())
+    r = data["results"]["mean-only"]["mix"]
+    assert r["primary_metric"] == "mAP" and len(r["seed_scores"]) == 2 and len(r["runs"]) == 2
+    assert data["normalized_score"] == pytest.approx(result.normalized)
+    with (out / "summary.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    with (out / "scores.csv").open() as fh:
+        # per model: seeds x (3 folds x 1 metric + 4 metrics + 1 metric)
+        assert len(list(csv.DictReader(fh))) == 2 * 2 * (3 + 4 + 1)
+
+
+def test_cli_evaluate(tasks_root, tmp_path, capsys):
+    from audiomaepp.cli import evaluate
+
+    parser = argparse.ArgumentParser()
+    evaluate.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli"
+    args = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models", "logmel",
+                              "--out", str(out), "--seeds", "2", "--max-epochs", "6", "--quiet",
+                              "--device", "cpu"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "| Model | tones | s(m) |" in printed and "| logmel |" in printed
+    assert (out / "results.md").is_file() and any((out / "cache").rglob("*.npy"))
+    bad = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models",
+                             str(tmp_path / "no-model"), "--out", str(out), "--quiet"])
+    assert bad.func(bad) == 2
+    assert "not a model directory" in capsys.readouterr().err
