@@ -1,0 +1,28 @@
+"""Pretraining data: ``prepare`` (audio -> log-mel shards + manifest) and the streaming loader."""
+
+from .loader import (
+    CropDataset,
+    FolderDataset,
+    ShardDataset,
+    make_loader,
+    make_pretraining_dataset,
+    worker_plan,
+)
+from .prepare import SKIP_REASONS, PrepareConfig, PrepareReport, prepare, process_file
+from .shards import load_manifest, merge_manifests
+
+__all__ = [
+    "SKIP_REASONS",
+    "PrepareConfig",
+    "PrepareReport",
+    "prepare",
+    "process_file",
+    "load_manifest",
+    "merge_manifests",
+    "CropDataset",
+    "ShardDataset",
+    "FolderDataset",
+    "worker_plan",
+    "make_pretraining_dataset",
+    "make_loader",
+]

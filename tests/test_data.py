@@ -1,0 +1,543 @@
+"""Tests of ``audiomaepp.data``: ``prepare`` (shards + manifest, resume, node split) and the loader."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiomaepp.audio import find_audio_files, load_audio
+from audiomaepp.cli.main import main as cli_main
+from audiomaepp.data import (
+    FolderDataset,
+    PrepareConfig,
+    ShardDataset,
+    load_manifest,
+    make_loader,
+    make_pretraining_dataset,
+    merge_manifests,
+    prepare,
+    worker_plan,
+)
+from audiomaepp.data.shards import ShardWriter, decode_npy, iter_clip_members
+from audiomaepp.frontend import crop_or_tile, log_mel, standardize, tile_to
+
+SR = 16_000
+# name -> (seconds, sample rate, channels); all must end up in the shards
+GOOD = {
+    "a.wav": (2.5, SR, 1),
+    "b.flac": (1.0, SR, 1),
+    "c.ogg": (1.2, SR, 1),
+    "sub/d_stereo.wav": (1.5, 44_100, 2),
+    "e_short.wav": (0.5, SR, 1),
+}
+# name -> the reason prepare must record
+BAD = {
+    "corrupt.wav": "decode_error",
+    "empty.wav": "empty",
+    "silent.wav": "silent",
+    "nan.wav": "non_finite",
+    "tiny.wav": "too_short",
+}
+# the module, not the function of the same name that audiomaepp.data exports
+prepare_mod = importlib.import_module("audiomaepp.data.prepare")
+SMALL_SHARDS = 0.03  # MB: ~2 one-second clips per shard, so the tests see several shards
+
+
+def _noise(rng: np.random.Generator, seconds: float, sr: int, channels: int = 1) -> np.ndarray:
+    x = (0.1 * rng.standard_normal((round(seconds * sr), channels))).astype(np.float32)
+    return x[:, 0] if channels == 1 else x
+
+
+def _write_bad(root: Path, rng: np.random.Generator) -> None:
+    (root / "corrupt.wav").write_bytes(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    sf.write(root / "empty.wav", np.zeros(0, np.float32), SR)
+    sf.write(root / "silent.wav", np.zeros(SR, np.float32), SR)
+    x = _noise(rng, 1.0, SR)
+    x[123] = np.nan
+    sf.write(root / "nan.wav", x, SR, subtype="FLOAT")
+    sf.write(root / "tiny.wav", _noise(rng, 0.05, SR), SR)
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("audio")
+    (root / "sub").mkdir()
+    rng = np.random.default_rng(0)
+    for name, (seconds, sr, ch) in GOOD.items():
+        sf.write(root / name, _noise(rng, seconds, sr, ch), sr)
+    _write_bad(root, rng)
+    return root
+
+
+def _cfg(**kw: object) -> PrepareConfig:
+    return PrepareConfig(**{"shard_size_mb": SMALL_SHARDS, "workers": 1, **kw})
+
+
+@pytest.fixture(scope="module")
+def prepared(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    prepare([audio_dir], out, _cfg(), progress=False)
+    return out
+
+
+def _clips(shard_dir: Path) -> dict[str, tuple[np.ndarray, dict]]:
+    """relpath -> (stored log-mel, json) over every shard listed in the manifest."""
+    out = {}
+    for s in load_manifest(shard_dir)["shards"]:
+        with tarfile.open(shard_dir / s["name"]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        for name, data in members.items():
+            if name.endswith(".json"):
+                meta = json.loads(data)
+                assert meta["relpath"] not in out, "clip stored twice"
+                out[meta["relpath"]] = (decode_npy(members[name[:-5] + ".npy"]), meta)
+    return out
+
+
+def _shard_bytes(shard_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(shard_dir.glob("*.tar"))}
+
+
+# -------------------------------------------------------------------------------------------------
+# prepare
+# -------------------------------------------------------------------------------------------------
+
+
+def test_prepare_stores_every_good_clip_with_its_frames(prepared: Path, audio_dir: Path) -> None:
+    clips = _clips(prepared)
+    assert set(clips) == set(GOOD)
+    for rel, (lms, meta) in clips.items():
+        n16 = load_audio(audio_dir / rel).shape[0]
+        seconds, _, _ = GOOD[rel]
+        assert abs(n16 - seconds * SR) <= 1  # resampled to 16 kHz
+        assert lms.shape == (1 + n16 // 160, 80) and lms.dtype == np.float16
+        assert meta["frames"] == lms.shape[0]
+        assert meta["duration"] == pytest.approx(n16 / SR)
+        assert Path(meta["source"]) == (audio_dir / rel).absolute()
+    m = load_manifest(prepared)
+    assert m["files"] == len(GOOD) + len(BAD)
+    assert m["clips"] == len(GOOD) == sum(s["clips"] for s in m["shards"])
+    assert m["frames"] == sum(lms.shape[0] for lms, _ in clips.values())
+    assert m["hours"] == pytest.approx(sum(s for s, _, _ in GOOD.values()) / 3600, rel=1e-3)
+    assert len(m["shards"]) >= 3 and m["config"]["shard_size_mb"] == SMALL_SHARDS
+
+
+def test_prepare_records_every_bad_file_with_its_reason(prepared: Path) -> None:
+    skipped = load_manifest(prepared)["skipped"]
+    assert {Path(s["path"]).name: s["reason"] for s in skipped} == BAD
+    for s in skipped:
+        assert Path(s["path"]).name in s["detail"]  # the message names the file
+
+
+def test_stored_logmel_equals_frontend_of_decoded_audio(prepared: Path, audio_dir: Path) -> None:
+    for rel, (lms, _) in _clips(prepared).items():
+        ref = log_mel(torch.from_numpy(load_audio(audio_dir / rel)))[0, 0].numpy()  # (T, 80)
+        np.testing.assert_allclose(lms.astype(np.float32), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_webdataset_reads_the_shards(prepared: Path) -> None:
+    import webdataset as wds
+
+    urls = [str(prepared / s["name"]) for s in load_manifest(prepared)["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    assert len(samples) == len(GOOD)
+    for s in samples:
+        assert s["npy"].shape == (s["json"]["frames"], 80) and s["json"]["key"] == s["__key__"]
+
+
+def test_keys_are_stable_whatever_the_input_spelling(audio_dir: Path) -> None:
+    from audiomaepp.data.prepare import clip_keys, relative_names
+
+    def keys(inputs: list) -> list[str]:
+        files = find_audio_files(inputs)
+        return clip_keys(relative_names(files, inputs), [str(f.absolute()) for f in files])
+
+    by_dir = keys([audio_dir])
+    assert by_dir == keys([f"{audio_dir}/**/*.*"])
+    assert all("." not in k and "/" not in k for k in by_dir) and len(set(by_dir)) == len(by_dir)
+
+
+def _copy(prepared: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(prepared, out)
+    return out
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = prepare_mod.process_file
+
+    def counting(path: str, min_duration_s: float = 0.1) -> prepare_mod.ClipResult:
+        calls.append(path)
+        return real(path, min_duration_s)
+
+    monkeypatch.setattr(prepare_mod, "process_file", counting)
+    return calls
+
+
+def test_rerun_recomputes_nothing(
+    prepared: Path, audio_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _copy(prepared, tmp_path)
+    before, manifest = _shard_bytes(out), load_manifest(out)
+    calls = _count_calls(monkeypatch)
+    report = prepare([audio_dir], out, _cfg(), progress=False)
+    assert calls == [] and report.processed == 0
+    assert report.reused_shards == len(before)
+    assert _shard_bytes(out) == before and load_manifest(out) == manifest
+
+
+def test_truncated_shard_is_redone(
+    prepared: Path, audio_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _copy(prepared, tmp_path)
+    before = _shard_bytes(out)
+    victim = out / "shard-000001.tar"
+    victim.write_bytes(victim.read_bytes()[:1000])  # a shard cut short (disk full, copy error)
+    calls = _count_calls(monkeypatch)
+    report = prepare([audio_dir], out, _cfg(), progress=False)
+    assert report.reused_shards == 1  # only shard 0 precedes it
+    assert 0 < len(calls) < len(GOOD) + len(BAD)
+    assert _shard_bytes(out) == before
+
+
+def test_half_written_shard_after_a_crash_is_discarded_and_redone(
+    prepared: Path, audio_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _copy(prepared, tmp_path)
+    before = _shard_bytes(out)
+    progress = out / "progress.jsonl"
+    lines = progress.read_text().splitlines()
+    # Crash while writing shard 2: its records never made it, only a partial .tmp is on disk.
+    records = [json.loads(line) for line in lines[1:]]
+    keep = next(i for i, r in enumerate(records) if r["shard"] == "shard-000002.tar")
+    progress.write_text("\n".join(lines[: 1 + keep]) + '\n{"start": 3, "en')  # torn last line
+    partial = out / "shard-000002.tar.tmp"
+    partial.write_bytes((out / "shard-000002.tar").read_bytes()[:3000])
+    (out / "shard-000002.tar").unlink()
+    (out / "manifest.json").unlink()
+    calls = _count_calls(monkeypatch)
+    report = prepare([audio_dir], out, _cfg(), progress=False)
+    assert report.reused_shards == 2
+    assert len(calls) == report.processed == len(GOOD) + len(BAD) - records[keep]["start"]
+    assert not partial.exists()
+    assert _shard_bytes(out) == before
+    assert load_manifest(out) == load_manifest(prepared)
+
+
+def test_other_config_in_the_same_folder_is_refused_unless_overwrite(
+    prepared: Path, audio_dir: Path, tmp_path: Path
+) -> None:
+    out = _copy(prepared, tmp_path)
+    with pytest.raises(ValueError, match="different input list or config"):
+        prepare([audio_dir], out, _cfg(shard_size_mb=1.0), progress=False)
+    report = prepare([audio_dir], out, _cfg(shard_size_mb=1.0), overwrite=True, progress=False)
+    assert [s["name"] for s in report.manifest["shards"]] == ["shard-000000.tar"]
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar"]
+
+
+def test_pool_gives_the_same_shards_as_one_process(
+    prepared: Path, audio_dir: Path, tmp_path: Path
+) -> None:
+    report = prepare([audio_dir], tmp_path, _cfg(workers=2), progress=False)
+    assert report.processed == len(GOOD) + len(BAD)
+    assert _shard_bytes(tmp_path) == _shard_bytes(prepared)
+
+
+def test_two_node_split_covers_every_file_exactly_once(
+    prepared: Path, audio_dir: Path, tmp_path: Path
+) -> None:
+    common = [
+        "prepare",
+        str(audio_dir),
+        "--out",
+        str(tmp_path),
+        "--shard-size-mb",
+        str(SMALL_SHARDS),
+        "--workers",
+        "1",
+        "--no-progress",
+        "--num-nodes",
+        "2",
+    ]
+    assert cli_main([*common, "--node-rank", "1"]) == 0
+    assert not (tmp_path / "manifest.json").exists()
+    with pytest.raises(ValueError, match=r"missing node ranks \[0\]"):
+        load_manifest(tmp_path)
+    assert cli_main([*common, "--node-rank", "0"]) == 0
+    assert (tmp_path / "manifest-r00.json").is_file() and (tmp_path / "manifest-r01.json").is_file()
+    names = sorted(p.name for p in tmp_path.glob("*.tar"))
+    assert names and all(n.startswith(("shard-r00-", "shard-r01-")) for n in names)
+    assert any(n.startswith("shard-r01-") for n in names) and any(
+        n.startswith("shard-r00-") for n in names
+    )
+    merged = load_manifest(tmp_path)  # written automatically by the last node
+    assert merged == merge_manifests(tmp_path, write=False)
+    assert merged["clips"] == len(GOOD) and merged["files"] == len(GOOD) + len(BAD)
+    assert _clips(tmp_path).keys() == _clips(prepared).keys()  # _clips asserts no duplicates
+    assert sorted(Path(s["path"]).name for s in merged["skipped"]) == sorted(BAD)
+    (tmp_path / "manifest.json").unlink()
+    assert cli_main(["prepare", "--merge", "--out", str(tmp_path)]) == 0
+    assert load_manifest(tmp_path) == merged
+
+
+# -------------------------------------------------------------------------------------------------
+# loader
+# -------------------------------------------------------------------------------------------------
+
+
+def _frames(shard: int, clip: int) -> int:
+    return (70, 200, 260, 451)[(shard + clip) % 4]  # a short clip (tiled), exact, longer ones
+
+
+def _write_synthetic(root: Path, shards: int, clips: int) -> Path:
+    """``shards`` tars of ``clips`` random log-mels each; clip key ``s{shard}c{clip}``."""
+    root.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(1)
+    for s in range(shards):
+        w = ShardWriter(root / f"shard-{s:06d}.tar")
+        for c in range(clips):
+            t = _frames(s, c)
+            lms = 3.0 * torch.randn(t, 80, generator=gen) + torch.linspace(-8, 4, 80)
+            lms[:20] += 6.0  # a loud onset: crops that miss it have statistics unlike the clip's
+            w.add(f"s{s}c{c}", lms.numpy(), {"frames": t})
+        w.commit()
+    return root
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_synthetic(tmp_path_factory.mktemp("synth"), shards=8, clips=6)
+
+
+def _stored(root: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for p in sorted(root.glob("*.tar")):
+        for key, ref in iter_clip_members(p):
+            out[key] = torch.from_numpy(decode_npy(ref.read()).astype(np.float32))
+    return out
+
+
+def _ds(root: Path, **kw: object) -> ShardDataset:
+    args = {"samples_per_epoch": 40, "shuffle_buffer": 10, "with_keys": True, **kw}
+    return make_pretraining_dataset(root, **args)
+
+
+def _keys_and_crops(items: list) -> tuple[list[str], torch.Tensor]:
+    return [k for _, k in items], torch.stack([x for x, _ in items])
+
+
+def test_crops_are_slices_of_the_whole_clip_standardised_with_population_std(synth: Path) -> None:
+    stored = _stored(synth)
+    items = list(_ds(synth, samples_per_epoch=48))
+    assert len(items) == 48
+    for crop, key in items:
+        assert crop.shape == (1, 200, 80) and crop.dtype == torch.float32
+        full = standardize(stored[key], unbiased=False)  # (T, 80), whole clip
+        t = full.shape[0]
+        if t < 200:
+            continue
+        starts = [
+            s for s in range(t - 199) if torch.allclose(full[s : s + 200], crop[0], atol=1e-6)
+        ]
+        assert starts, f"{key}: crop is not a window of the whole-clip standardised log-mel"
+        if t == 200:  # the crop is the whole clip: mean 0, population std 1
+            assert abs(float(crop.mean())) < 1e-5
+            assert abs(float(crop.std(unbiased=False)) - 1) < 1e-5
+            assert abs(float(crop.std(unbiased=True)) - 1) > 1e-5
+        else:  # standardised as a whole, not per crop
+            own = standardize(stored[key][starts[0] : starts[0] + 200], unbiased=False)
+            assert not torch.allclose(own, crop[0], atol=1e-2)
+
+
+def test_short_clips_are_tiled(synth: Path) -> None:
+    stored = _stored(synth)
+    for crop, key in _ds(synth):
+        if stored[key].shape[0] == 70:
+            full = standardize(stored[key], unbiased=False)
+            torch.testing.assert_close(crop[0], full[torch.arange(200) % 70])
+            return
+    pytest.fail("no short clip drawn")
+
+
+def test_same_seed_rank_epoch_same_sequence_otherwise_different(synth: Path) -> None:
+    keys, crops = _keys_and_crops(list(_ds(synth)))
+    keys2, crops2 = _keys_and_crops(list(_ds(synth)))
+    assert keys == keys2 and torch.equal(crops, crops2)
+    for other in ({"epoch": 1}, {"seed": 1}, {"rank": 1, "world_size": 2}):
+        k, c = _keys_and_crops(list(_ds(synth, **other)))
+        assert k != keys[: len(k)] or not torch.equal(c, crops[: len(c)]), other
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_an_epoch_yields_exactly_the_requested_count(synth: Path, world_size: int) -> None:
+    for rank in range(world_size):
+        ds = _ds(synth, samples_per_epoch=37, rank=rank, world_size=world_size, crops_per_clip=2)
+        assert len(ds) == 37 // world_size == len(list(ds))
+    ds = _ds(synth, samples_per_epoch=37, world_size=world_size)
+    loader = make_loader(
+        ds, batch_size=4, num_workers=2, prefetch_factor=2, persistent_workers=False
+    )
+    assert sum(len(b[0]) for b in loader) == 37 // world_size
+
+
+def test_ranks_and_workers_read_disjoint_shards(synth: Path) -> None:
+    shards_of = {}
+    for rank in range(2):
+        ds = _ds(synth, rank=rank, world_size=2, samples_per_epoch=24)
+        for w in range(2):
+            shards_of[rank, w] = {k.split("c")[0] for _, k in ds.iter_worker(w, 2)}
+    slots = list(shards_of.values())
+    assert all(slots) and sum(len(s) for s in slots) == len(set().union(*slots)) == 8
+
+
+def test_too_few_shards_are_split_by_clip_not_duplicated(tmp_path: Path) -> None:
+    root = _write_synthetic(tmp_path, shards=2, clips=8)
+    seen = []
+    for rank in range(2):
+        ds = _ds(root, rank=rank, world_size=2, samples_per_epoch=16)
+        for w in range(2):
+            seen += [k for _, k in ds.iter_worker(w, 2)]
+    assert sorted(seen) == sorted(f"s{s}c{c}" for s in range(2) for c in range(8))
+
+
+def test_dataloader_order_is_the_round_robin_of_worker_streams(synth: Path) -> None:
+    ds = _ds(synth, samples_per_epoch=23)
+    loader = make_loader(
+        ds, batch_size=3, num_workers=2, prefetch_factor=2, persistent_workers=False
+    )
+    got = [k for _, keys in loader for k in keys]
+    streams = [[k for _, k in ds.iter_worker(w, 2)] for w in range(2)]
+    batches = [[s[i : i + 3] for i in range(0, len(s), 3)] for s in streams]
+    want = [
+        k
+        for j in range(8)
+        for k in (batches[j % 2][j // 2] if j // 2 < len(batches[j % 2]) else [])
+    ]
+    assert got == want and len(got) == 23
+    assert got == [k for _, keys in loader for k in keys]  # and again: no timing dependence
+
+
+def test_worker_plan_partitions_the_rank_stream() -> None:
+    for samples, batch, workers in [(23, 4, 3), (8, 4, 2), (5, 8, 3)]:
+        for q in range(0, samples // batch + 1):
+            plans = [worker_plan(samples, batch, workers, w, q * batch) for w in range(workers)]
+            assert sorted(r for r, _, _ in plans) == list(range(workers))
+            assert sum(c for _, _, c in plans) == samples - q * batch
+    with pytest.raises(ValueError, match="multiple of the batch size"):
+        worker_plan(23, 4, 2, 0, 5)
+    assert worker_plan(23, 4, 1, 0, 5) == (0, 5, 18)
+
+
+@pytest.mark.parametrize("crops_per_clip", [1, 3])
+def test_resume_continues_the_same_sequence_without_loading_skipped_clips(
+    synth: Path, crops_per_clip: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = list(_ds(synth, crops_per_clip=crops_per_clip))
+    loads: list[str] = []
+    real = ShardDataset._load
+
+    def counting(self: ShardDataset, key: str, payload: object) -> torch.Tensor | None:
+        loads.append(key)
+        return real(self, key, payload)
+
+    monkeypatch.setattr(ShardDataset, "_load", counting)
+    ds = _ds(synth, crops_per_clip=crops_per_clip, start_index=31)
+    rest = list(ds)
+    assert len(rest) == len(ds) == 9
+    keys, crops = _keys_and_crops(rest)
+    full_keys, full_crops = _keys_and_crops(full[31:])
+    assert keys == full_keys and torch.equal(crops, full_crops)
+    assert len(loads) <= -(-9 // crops_per_clip) + 1  # only the clips that are yielded
+
+
+def test_resume_with_dataloader_workers(synth: Path) -> None:
+    ds = _ds(synth, samples_per_epoch=30)
+    loader = make_loader(
+        ds, batch_size=4, num_workers=2, prefetch_factor=2, persistent_workers=False
+    )
+    full = [k for _, keys in loader for k in keys]
+    ds.set_epoch(0, start_index=12)
+    assert len(loader) == 5  # ceil(18 / 4)
+    assert [k for _, keys in loader for k in keys] == full[12:]
+
+
+def test_persistent_workers_follow_set_epoch(synth: Path) -> None:
+    ds = _ds(synth, samples_per_epoch=16)
+    loader = make_loader(ds, batch_size=4, num_workers=2, prefetch_factor=2)
+    assert loader.persistent_workers
+    epoch0 = [k for _, keys in loader for k in keys]
+    ds.set_epoch(1)
+    epoch1 = [k for _, keys in loader for k in keys]
+    fresh = _ds(synth, samples_per_epoch=16, epoch=1)
+    fresh_loader = make_loader(
+        fresh, batch_size=4, num_workers=2, prefetch_factor=2, persistent_workers=False
+    )
+    assert epoch1 == [k for _, keys in fresh_loader for k in keys] != epoch0
+
+
+def test_factory_picks_shards_or_folder(prepared: Path, synth: Path, audio_dir: Path) -> None:
+    ds = make_pretraining_dataset(prepared)
+    assert isinstance(ds, ShardDataset) and len(ds) == len(GOOD)
+    assert isinstance(make_pretraining_dataset(synth), ShardDataset)
+    assert len(make_pretraining_dataset(f"{synth}/shard-00000[01].tar")) == 12
+    assert isinstance(make_pretraining_dataset(audio_dir), FolderDataset)
+    # end to end: prepare -> standardised crops
+    batch = next(iter(make_loader(ds, batch_size=5, num_workers=0)))
+    assert batch.shape == (5, 1, 200, 80) and torch.isfinite(batch).all()
+
+
+def test_folder_dataset_decodes_on_the_fly_and_skips_bad_files(
+    audio_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        ds = make_pretraining_dataset(
+            audio_dir, samples_per_epoch=12, shuffle_buffer=0, with_keys=True
+        )
+        items = list(ds)
+    assert len(items) == 12
+    keys = {Path(k).name for _, k in items}
+    assert keys <= {Path(n).name for n in GOOD} | {"silent.wav", "tiny.wav"}
+    assert "corrupt.wav" in caplog.text and "nan.wav" in caplog.text
+    for crop, key in items:
+        assert crop.shape == (1, 200, 80)
+        if Path(key).name == "a.wav":
+            lms = log_mel(torch.from_numpy(load_audio(key)))[0, 0]
+            full = standardize(lms, unbiased=False)
+            assert any(
+                torch.allclose(full[s : s + 200], crop[0], atol=1e-5)
+                for s in range(full.shape[0] - 199)
+            )
+
+
+# -------------------------------------------------------------------------------------------------
+# frontend helpers the loader relies on
+# -------------------------------------------------------------------------------------------------
+
+
+def test_standardize_population_vs_unbiased() -> None:
+    x = torch.randn(50, 80) * 4 + 2
+    pop = standardize(x, unbiased=False)
+    torch.testing.assert_close(pop, (x - x.mean()) / (x.std(unbiased=False) + 1e-8))
+    assert abs(float(pop.std(unbiased=False)) - 1) < 1e-5
+    assert float(standardize(x, unbiased=True).std(unbiased=False)) < float(pop.std(unbiased=False))
+
+
+def test_tile_and_crop_semantics() -> None:
+    x = torch.arange(70 * 2, dtype=torch.float32).reshape(70, 2)
+    torch.testing.assert_close(tile_to(x, 200), x[torch.arange(200) % 70])
+    y = torch.arange(300 * 2, dtype=torch.float32).reshape(300, 2)
+    a = crop_or_tile(y, 200, torch.Generator().manual_seed(3))
+    b = crop_or_tile(y, 200, torch.Generator().manual_seed(3))
+    start = int(a[0, 0]) // 2
+    torch.testing.assert_close(a, y[start : start + 200])
+    torch.testing.assert_close(a, b)
