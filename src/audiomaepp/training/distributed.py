@@ -1,0 +1,124 @@
+"""Process-group set-up for one process, ``torchrun`` on one node, or ``torchrun`` across nodes.
+
+Nothing here launches processes: ``torchrun`` (``python -m torch.distributed.run``) does, and sets
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` / ``MASTER_PORT`` for us. The backend is
+NCCL on GPUs and gloo on CPUs. A separate gloo group carries host-side control flags (stop
+requests) so that agreeing on them never waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    control_group: object | None = None  # gloo group for host-side flags (None when world == 1)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` without it)."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def pick_device(choice: str, local_rank: int) -> torch.device:
+    """``auto`` / ``cpu`` / ``cuda`` -> the device of this process (``cuda:LOCAL_RANK`` on GPUs)."""
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device_choice: str = "auto", timeout_s: int = 1800) -> DistEnv:
+    """Pick the device and, when ``WORLD_SIZE > 1``, join the process group torchrun set up."""
+    rank, world, local = env_world()
+    device = pick_device(device_choice, local)
+    if world == 1:
+        return DistEnv(0, 1, 0, device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    logger.info("rank %d/%d (local %d) on %s, backend %s", rank, world, local, device, dist.get_backend())
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local, device, control)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group (if any); safe to call twice."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_(tensor: torch.Tensor, env: DistEnv, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce over the default group (no-op on one process)."""
+    if env.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (host-side, on the gloo control group)."""
+    if env.distributed:
+        dist.barrier(group=env.control_group)
+
+
+class FlagAgreement:
+    """All ranks agree on a host-side flag (e.g. "a signal arrived") without stalling the GPU.
+
+    Each call to :meth:`poll` starts an asynchronous MAX all-reduce of the local flag on the gloo
+    control group and returns the result of the previous round, so the latency is hidden behind a
+    training step and every rank sees the same answer at the same step.
+    """
+
+    def __init__(self, env: DistEnv) -> None:
+        self.env = env
+        self._pending: tuple[object, torch.Tensor] | None = None
+
+    def poll(self, local_flag: bool) -> bool:
+        if not self.env.distributed:
+            return local_flag
+        agreed = False
+        if self._pending is not None:
+            work, buf = self._pending
+            work.wait()
+            agreed = bool(buf.item())
+        buf = torch.tensor([int(local_flag)], dtype=torch.int32)
+        work = dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.env.control_group, async_op=True)
+        self._pending = (work, buf)
+        return agreed
+
+    def drain(self) -> None:
+        """Finish the outstanding round (call before leaving the loop so no collective dangles)."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None

@@ -1,0 +1,512 @@
+"""The pretraining loop: one process on CPU/GPU, or DDP under ``torchrun`` across GPUs and nodes.
+
+Per optimizer step ``s`` (0-based) every rank runs ``A`` micro-steps of ``P`` samples
+(global batch ``G = P * A * world``): forward + backward under autocast, DDP gradient reduction
+on the last micro-step only (``no_sync`` before), then the global grad norm, optional clipping,
+and AdamW with the lr of step ``s``. Non-finite steps are skipped. Only rank 0 writes.
+
+Shapes: batches ``(P, 1, 200, 80)``; masking noise ``(G, 250)`` per step, rank ``r`` micro-step
+``m`` using rows ``(r * A + m) * P ...`` (see :mod:`.noise`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+from ..errors import CheckpointError
+from ..model import AudioMAE
+from ..model.io import atomic_write_bytes
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import BatchStream, build_dataset, make_rank_loader
+from .distributed import (
+    DistEnv,
+    FlagAgreement,
+    all_reduce_,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+from .faults import NonFiniteGuard, StopRequest
+from .metrics import MetricsWriter, mfu, peak_flops, truncate_metrics
+from .noise import MaskNoise, micro_slice
+from .optim import build_optimizer, trainable_parameters
+from .schedule import LRSchedule
+from .viz import reconstruct, save_reconstruction_png
+
+logger = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+
+
+# ---- the plan: numbers that depend on the machine and the data ----------------------------------------
+@dataclass(frozen=True)
+class RunPlan:
+    """Resolved settings of one run on this machine (written to ``RUN_DIR/plan.json``)."""
+
+    device: str
+    precision: str  # "bf16" | "fp16" | "fp32"
+    compile: bool
+    fused_adamw: bool
+    world_size: int
+    per_device_batch: int  # P
+    accum_steps: int  # A
+    global_batch: int  # G = P * A * world
+    samples_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def plan_run(cfg: TrainConfig, device: torch.device, world_size: int, samples_per_epoch: int) -> RunPlan:
+    """Work out precision, compile, batch split, steps and schedule lengths; raise on misfits."""
+    cuda = device.type == "cuda"
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
+    G = cfg.batch_size
+    P = cfg.per_device_batch or G // world_size
+    if P < 1 or G % (P * world_size):
+        raise ValueError(
+            f"global batch {G} is not a multiple of per-device batch {P} x {world_size} device(s); "
+            "choose --batch-size = per-device x devices x accumulation steps"
+        )
+    steps_per_epoch = samples_per_epoch // G
+    if steps_per_epoch < 1:
+        raise ValueError(f"samples_per_epoch {samples_per_epoch} is smaller than the global batch {G} "
+                         "(set --samples-per-epoch, or use more clips or a smaller --batch-size)")
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+    return RunPlan(
+        device=str(device), precision=precision,
+        compile=cfg.compile if cfg.compile is not None else cuda,
+        fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cuda,
+        world_size=world_size, per_device_batch=P, accum_steps=G // (P * world_size), global_batch=G,
+        samples_per_epoch=samples_per_epoch, steps_per_epoch=steps_per_epoch, total_steps=total,
+        warmup_steps=min(warmup, total), peak_lr=cfg.peak_lr(),
+    )
+
+
+# ---- result --------------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """What a call of :func:`pretrain` did (the same on every rank; only rank 0 wrote files)."""
+
+    run_dir: Path
+    step: int  # optimizer steps completed (over all resumes)
+    total_steps: int  # where the schedule ends
+    finished: bool  # reached total_steps (the model was exported)
+    interrupted: bool  # stopped early by a signal or stop_after (a checkpoint was written)
+    model_dir: Path | None  # RUN_DIR/model when finished
+    checkpoint: Path | None  # the last checkpoint written or resumed from
+    final_loss: float | None  # last logged (global mean) loss
+    elapsed_s: float  # wall time of this call
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics records logged by this call
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("run_dir", "model_dir", "checkpoint"):
+            d[key] = None if d[key] is None else str(d[key])
+        return d
+
+
+# ---- small helpers ----------------------------------------------------------------------------------------
+class LossModule(nn.Module):
+    """``(x, noise) -> loss``: what DDP wraps and torch.compile compiles (forward + loss in one graph)."""
+
+    def __init__(self, mae: AudioMAE) -> None:
+        super().__init__()
+        self.mae = mae
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.mae(x, noise=noise).loss
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and python RNGs (model init is the only global-RNG consumer)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of the gradients (device tensor; no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device)
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+def clip_to(params: list[torch.Tensor], max_norm: float, total: torch.Tensor) -> None:
+    """Scale gradients so their global norm is at most ``max_norm`` (no host sync)."""
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
+        return
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(coef.to(p.grad.dtype))
+
+
+# ---- the trainer ----------------------------------------------------------------------------------------
+class Trainer:
+    """Builds everything for one rank and runs the loop; see the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv, dataset: Any = None, model: AudioMAE | None = None) -> None:
+        self.cfg, self.env = cfg, env
+        self.device = env.device
+        self.run_dir = Path(cfg.out_dir)
+        seed_everything(cfg.seed)
+        self.model = (model if model is not None else AudioMAE(cfg.model_config())).to(self.device)
+        self.dataset = dataset if dataset is not None else build_dataset(cfg, env)
+        self._check_dataset()
+        self.plan = plan_run(cfg, self.device, env.world_size, int(self.dataset.samples_per_epoch))
+        self.schedule = LRSchedule(self.plan.peak_lr, self.plan.warmup_steps, self.plan.total_steps, cfg.min_lr)
+        self._setup_numerics()
+        self._setup_data()
+        self.step = 0
+        self.elapsed_before = 0.0  # seconds spent by earlier runs (from the checkpoint)
+        self.last_checkpoint: Path | None = None
+        self.history: list[dict[str, Any]] = []
+        self._t0 = time.perf_counter()
+        self._viz_input: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- set-up --------------------------------------------------------------------------------------------
+    def _check_dataset(self) -> None:
+        for attr, want in (("rank", self.env.rank), ("world_size", self.env.world_size)):
+            have = getattr(self.dataset, attr, want)
+            if have != want:
+                raise ValueError(f"dataset.{attr}={have} but this process is {attr} {want}")
+
+    def _setup_numerics(self) -> None:
+        plan, cuda = self.plan, self.device.type == "cuda"
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (the fp32 path) on tensor cores
+            torch.backends.cudnn.allow_tf32 = True
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=plan.precision == "fp16")
+        self.optimizer = build_optimizer(self.model, self.plan.peak_lr, self.cfg.weight_decay, self.cfg.betas,
+                                         self.cfg.eps, fused=plan.fused_adamw)
+        self.params = trainable_parameters(self.optimizer)
+        self.guard = NonFiniteGuard(self.device, self.cfg.max_nonfinite)
+        # Plain AdamW cannot skip a step on the device, so the host looks at every step anyway and
+        # reports bad ones at once; fused AdamW (and the fp16 scaler) skip on the device, and the
+        # counters are read at log steps only.
+        self.sync_each_step = not (plan.fused_adamw or self.scaler.is_enabled())
+        module: nn.Module = LossModule(self.model)
+        if self.env.distributed:
+            ids = [self.device.index] if cuda else None
+            module = DDP(module, device_ids=ids, gradient_as_bucket_view=True)  # no buffers to sync
+        self.ddp = module if isinstance(module, DDP) else None
+        self.forward = torch.compile(module) if plan.compile else module
+
+    def _setup_data(self) -> None:
+        P, cuda = self.plan.per_device_batch, self.device.type == "cuda"
+        loader = make_rank_loader(self.dataset, P, self.cfg.num_workers, pin_memory=cuda)
+        self.batches = BatchStream(self.dataset, loader, P * self.plan.accum_steps)
+        self.noise = MaskNoise(self.cfg.seed, self.plan.global_batch, self.model.config.num_patches, self.device)
+        self.flops_per_sample = self.model.flops_per_sample()
+        self.peak = peak_flops(self.device, self.cfg.peak_tflops)
+
+    # -- resume ----------------------------------------------------------------------------------------------
+    def resume(self, path: Path) -> None:
+        """Load a checkpoint written by :meth:`save` (any rank count; same global batch)."""
+        doc = ckpt.read_state(path)
+        self._check_compatible(doc, path)
+        ckpt.load_checkpoint(path, self.model, self.optimizer, self.scaler)
+        self.step = int(doc["step"])
+        self.guard.load(doc.get("nonfinite", {}))
+        self.elapsed_before = float(doc.get("elapsed_s", 0.0))
+        self.last_checkpoint = path
+        logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.step // self.plan.steps_per_epoch)
+
+    def _check_compatible(self, doc: dict[str, Any], path: Path) -> None:
+        saved_model = doc.get("model_config")
+        if saved_model is not None and saved_model != self.model.config.to_dict():
+            raise CheckpointError(f"{path}: the checkpoint's model config differs from this run's")
+        for key in ("global_batch", "steps_per_epoch"):
+            if doc.get(key) != getattr(self.plan, key):
+                raise CheckpointError(
+                    f"{path}: {key} was {doc.get(key)}, this run has {getattr(self.plan, key)}; resuming "
+                    "needs the same global batch and samples per epoch (they fix the schedule and data position)"
+                )
+        for key in ("world_size", "per_device_batch", "num_workers"):
+            if doc.get(key) != self._layout()[key]:
+                logger.warning("resuming with %s=%s (checkpoint: %s): the data order will differ from "
+                               "the uninterrupted run", key, self._layout()[key], doc.get(key))
+
+    def _layout(self) -> dict[str, int]:
+        return {"world_size": self.env.world_size, "per_device_batch": self.plan.per_device_batch,
+                "num_workers": self.cfg.num_workers}
+
+    # -- one optimizer step ---------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _micro_step(self, m: int, noise: torch.Tensor) -> torch.Tensor:
+        """Forward + backward of micro-step ``m``; returns the (detached) micro-batch loss."""
+        A, P = self.plan.accum_steps, self.plan.per_device_batch
+        x = self.batches.next().to(self.device, non_blocking=True)
+        rows = noise[micro_slice(self.env.rank, m, A, P)]
+        last = m == A - 1
+        sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+        with sync:
+            with self._autocast():
+                loss = self.forward(x, rows)
+            self.scaler.scale(loss / A).backward()
+        if self.cfg.viz_every and last:
+            self._viz_input = (x[:1], rows[:1])
+        return loss.detach()
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """One optimizer step; returns ``(loss, grad_norm, bad, lr)`` (device tensors, no host sync)."""
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        noise = self.noise.for_step(self.step)
+        losses = [self._micro_step(m, noise) for m in range(self.plan.accum_steps)]
+        loss = torch.stack(losses).mean()
+        self.scaler.unscale_(self.optimizer)
+        norm = grad_norm(self.params)
+        bad = self._bad(loss, norm)
+        if self.cfg.clip_grad is not None:
+            clip_to(self.params, self.cfg.clip_grad, norm)
+        self._apply(bad)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.guard.update(bad)
+        return loss, norm, bad, lr
+
+    def _bad(self, loss: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        """Whether this step is non-finite, decided identically on every rank.
+
+        The grad norm is taken after DDP's all-reduce, so it is the same everywhere (a non-finite
+        loss on any rank makes it non-finite). With fp16 an inf norm is the grad scaler's business
+        (overflow); there the local loss decides and the counters are all-reduced before any use.
+        """
+        if self.scaler.is_enabled():
+            return ~torch.isfinite(loss)
+        bad = ~torch.isfinite(norm)
+        return bad | ~torch.isfinite(loss) if not self.env.distributed else bad
+
+    def _apply(self, bad: torch.Tensor) -> None:
+        """The optimizer update, skipped on a bad step (on the device where possible)."""
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips on inf/NaN gradients itself
+            self.scaler.update()
+        elif self.plan.fused_adamw:
+            self.optimizer.found_inf = bad.float()  # fused AdamW skips the update (and its step count)
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif not bool(bad):  # host sync; plain AdamW has no device-side skip
+            self.optimizer.step()
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        start = time.perf_counter()
+        if self.env.is_main:
+            self._prepare_run_dir()
+        barrier(self.env)
+        writer = MetricsWriter(self.run_dir, self.cfg.tensorboard) if self.env.is_main else None
+        end = min(self.plan.total_steps, self.cfg.stop_after or self.plan.total_steps)
+        interrupted = False
+        try:
+            with StopRequest() as stop, self._progress() as bar:
+                interrupted = self._loop(end, stop, writer, bar, start)
+        finally:
+            if writer is not None:
+                writer.close()
+        return self._finish(interrupted or self.step < self.plan.total_steps, start)
+
+    def _loop(self, end: int, stop: StopRequest, writer: MetricsWriter | None, bar: Any, start: float) -> bool:
+        """Train until ``end`` or an agreed stop request; returns whether it stopped early."""
+        agree = FlagAgreement(self.env)
+        window = self._new_window()
+        try:
+            while self.step < end:
+                epoch, step_in_epoch = divmod(self.step, self.plan.steps_per_epoch)
+                if self.batches.epoch != epoch:
+                    self.batches.start(epoch, step_in_epoch)
+                loss, norm, bad, lr = self.train_step()
+                self.step += 1
+                window["loss"] += torch.where(bad, torch.zeros_like(loss), loss)
+                window["ok"] += (~bad).long()
+                window["steps"] += 1
+                if self.sync_each_step:
+                    self._check_now(bad, loss, norm)
+                if self.step % self.cfg.log_every == 0 or self.step == end:
+                    self._log(window, norm, lr, writer, bar, start)
+                    window = self._new_window()
+                bar.update(1)
+                self._periodic()
+                if agree.poll(stop.requested):
+                    logger.info("stop requested: checkpointing at step %d", self.step)
+                    return True
+        finally:
+            agree.drain()
+        return False
+
+    def _new_window(self) -> dict[str, Any]:
+        zero = torch.zeros((), device=self.device)
+        return {"loss": zero.clone(), "ok": zero.long(), "steps": 0, "t0": time.perf_counter()}
+
+    def _check_now(self, bad: torch.Tensor, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        """Per-step report of a skipped step (where host reads are free)."""
+        if bool(bad):
+            if self.env.is_main:
+                logger.warning("step %d: non-finite loss %s / grad norm %s: skipped the update",
+                               self.step, float(loss), float(norm))
+            self.guard.raise_if_exceeded(int(self.guard.run), self.step)
+
+    def _log(self, window: dict[str, Any], norm: torch.Tensor, lr: float, writer: MetricsWriter | None,
+             bar: Any, start: float) -> None:
+        """All-reduce the window's loss and counters (one host sync), then report them."""
+        sums = all_reduce_(torch.stack([window["loss"], window["ok"].float()]), self.env)
+        counters = all_reduce_(self.guard.counters(), self.env, op="max")
+        loss_sum, ok, max_run, skipped, gnorm = [*sums.tolist(), *counters.tolist(), float(norm)]
+        warning = self.guard.check(int(max_run), int(skipped), self.step)
+        if warning and not self.sync_each_step and self.env.is_main:
+            logger.warning(warning)
+        seconds = time.perf_counter() - window["t0"]
+        sps = window["steps"] * self.plan.global_batch / max(seconds, 1e-9)
+        record = {
+            "step": self.step, "epoch": self.step / self.plan.steps_per_epoch,
+            "loss": loss_sum / ok if ok else float("nan"), "lr": lr, "samples_per_s": sps,
+            "mfu": mfu(sps, self.flops_per_sample, self.peak, self.env.world_size),
+            "grad_norm": gnorm, "skipped": int(skipped),
+            "time": self.elapsed_before + time.perf_counter() - start,
+        }
+        self.history.append(record)
+        if writer is not None:
+            writer.write(record)
+            self._report(record, bar)
+
+    def _report(self, r: dict[str, Any], bar: Any) -> None:
+        mfu_text = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        if not bar.disable:
+            bar.set_postfix(loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}", sps=f"{r['samples_per_s']:.0f}",
+                            mfu=mfu_text, refresh=False)
+        else:
+            logger.info("step %d/%d loss %.4f lr %.3e %.1f samples/s MFU %s", r["step"],
+                        self.plan.total_steps, r["loss"], r["lr"], r["samples_per_s"], mfu_text)
+
+    def _periodic(self) -> None:
+        if self.cfg.viz_every and self.step % self.cfg.viz_every == 0 and self.env.is_main:
+            self.save_viz()
+        if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+            self.save()
+
+    def _progress(self) -> Any:
+        disable = not (self.cfg.progress and self.env.is_main)
+        return tqdm(total=self.plan.total_steps, initial=self.step, disable=disable, unit="step",
+                    dynamic_ncols=True, desc="pretrain")
+
+    # -- outputs -------------------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_partial(self.run_dir)
+        truncate_metrics(self.run_dir, self.step)  # a resumed run logs the redone steps again
+        atomic_write_bytes(self.run_dir / "train_config.json", self.cfg.to_json().encode())
+        plan = {"plan": self.plan.to_dict(), "model_config": self.model.config.to_dict(),
+                "num_params": self.model.num_params(), "flops_per_sample": self.flops_per_sample}
+        atomic_write_bytes(self.run_dir / "plan.json", json.dumps(plan, indent=2).encode())
+
+    def state(self) -> dict[str, Any]:
+        """The JSON part of a checkpoint (besides model, optimizer, RNG and scaler)."""
+        return {
+            "epoch": self.step // self.plan.steps_per_epoch,
+            "step_in_epoch": self.step % self.plan.steps_per_epoch,
+            "samples_seen": self.step * self.plan.global_batch,
+            "global_batch": self.plan.global_batch,
+            "steps_per_epoch": self.plan.steps_per_epoch,
+            "total_steps": self.plan.total_steps,
+            **self._layout(),
+            "nonfinite": self.guard.state(),
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "elapsed_s": self.elapsed_before + time.perf_counter() - self._t0,
+        }
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; every rank must call it)."""
+        path = None
+        if self.env.is_main:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.state(),
+                                        self.scaler, self.cfg.keep_last)
+            self.last_checkpoint = path
+        return path
+
+    def save_viz(self) -> Path | None:
+        if self._viz_input is None:
+            return None
+        x, noise = self._viz_input
+        images = reconstruct(self.model, x, noise)
+        path = self.run_dir / "viz" / f"step_{self.step:08d}.png"
+        return save_reconstruction_png(path, images, title=f"step {self.step}")
+
+    def _finish(self, interrupted: bool, start: float) -> RunResult:
+        if self.step > 0 or interrupted:
+            self.save()
+        finished = self.step >= self.plan.total_steps
+        model_dir = None
+        if finished and self.cfg.export:
+            model_dir = self.run_dir / MODEL_DIR
+            if self.env.is_main:
+                self.model.save_pretrained(model_dir)
+        barrier(self.env)
+        final = next((r["loss"] for r in reversed(self.history)), None)
+        result = RunResult(self.run_dir, self.step, self.plan.total_steps, finished, interrupted and not finished,
+                           model_dir, self.last_checkpoint, final, time.perf_counter() - start,
+                           self.history, self.plan.to_dict())
+        if self.env.is_main:
+            atomic_write_bytes(self.run_dir / "result.json",
+                               json.dumps(result.to_dict(), indent=1, default=str).encode())
+        return result
+
+
+def pretrain(config: TrainConfig, dataset: Any = None, model: AudioMAE | None = None) -> RunResult:
+    """Run (or resume) a pretraining run; the Python entry point of ``audiomaepp pretrain``.
+
+    Works in one process (CPU or GPU) and under ``torchrun`` (one call per rank; the process group
+    is created from torchrun's environment and destroyed at the end if this call created it).
+    ``dataset``: optional ready-made per-rank dataset with ``samples_per_epoch`` and
+    ``set_epoch(epoch, start_index)`` yielding ``(1, 200, 80)`` crops (default: built from
+    ``config.data`` by :func:`audiomaepp.data.make_pretraining_dataset`). ``model``: an
+    :class:`AudioMAE` to train instead of a fresh one from the config.
+    """
+    import torch.distributed as dist
+
+    owned = not (dist.is_available() and dist.is_initialized())
+    env = init_distributed(config.device, config.dist_timeout_s)
+    try:
+        trainer = Trainer(config, env, dataset=dataset, model=model)
+        path = ckpt.resolve_resume(config.resume, config.out_dir)
+        if path is not None:
+            trainer.resume(path)
+        return trainer.run()
+    finally:
+        if owned:
+            shutdown_distributed()
+
+
+__all__ = ["RunPlan", "RunResult", "Trainer", "LossModule", "plan_run", "pretrain", "build_dataset"]
