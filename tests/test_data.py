@@ -24,7 +24,7 @@ from audiomaepp.data import (
     make_loader,
     make_pretraining_dataset,
     merge_manifests,
-    prepare,
+    prepare_shards,
     worker_plan,
 )
 from audiomaepp.data.shards import ShardWriter, decode_npy, iter_clip_members
@@ -47,7 +47,6 @@ BAD = {
     "nan.wav": "non_finite",
     "tiny.wav": "too_short",
 }
-# the module, not the function of the same name that audiomaepp.data exports
 prepare_mod = importlib.import_module("audiomaepp.data.prepare")
 SMALL_SHARDS = 0.03  # MB: ~2 one-second clips per shard, so the tests see several shards
 
@@ -85,7 +84,7 @@ def _cfg(**kw: object) -> PrepareConfig:
 @pytest.fixture(scope="module")
 def prepared(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    prepare([audio_dir], out, _cfg(), progress=False)
+    prepare_shards([audio_dir], out, _cfg(), progress=False)
     return out
 
 
@@ -190,7 +189,7 @@ def test_rerun_recomputes_nothing(
     out = _copy(prepared, tmp_path)
     before, manifest = _shard_bytes(out), load_manifest(out)
     calls = _count_calls(monkeypatch)
-    report = prepare([audio_dir], out, _cfg(), progress=False)
+    report = prepare_shards([audio_dir], out, _cfg(), progress=False)
     assert calls == [] and report.processed == 0
     assert report.reused_shards == len(before)
     assert _shard_bytes(out) == before and load_manifest(out) == manifest
@@ -204,7 +203,7 @@ def test_truncated_shard_is_redone(
     victim = out / "shard-000001.tar"
     victim.write_bytes(victim.read_bytes()[:1000])  # a shard cut short (disk full, copy error)
     calls = _count_calls(monkeypatch)
-    report = prepare([audio_dir], out, _cfg(), progress=False)
+    report = prepare_shards([audio_dir], out, _cfg(), progress=False)
     assert report.reused_shards == 1  # only shard 0 precedes it
     assert 0 < len(calls) < len(GOOD) + len(BAD)
     assert _shard_bytes(out) == before
@@ -226,7 +225,7 @@ def test_half_written_shard_after_a_crash_is_discarded_and_redone(
     (out / "shard-000002.tar").unlink()
     (out / "manifest.json").unlink()
     calls = _count_calls(monkeypatch)
-    report = prepare([audio_dir], out, _cfg(), progress=False)
+    report = prepare_shards([audio_dir], out, _cfg(), progress=False)
     assert report.reused_shards == 2
     assert len(calls) == report.processed == len(GOOD) + len(BAD) - records[keep]["start"]
     assert not partial.exists()
@@ -239,8 +238,8 @@ def test_other_config_in_the_same_folder_is_refused_unless_overwrite(
 ) -> None:
     out = _copy(prepared, tmp_path)
     with pytest.raises(ValueError, match="different input list or config"):
-        prepare([audio_dir], out, _cfg(shard_size_mb=1.0), progress=False)
-    report = prepare([audio_dir], out, _cfg(shard_size_mb=1.0), overwrite=True, progress=False)
+        prepare_shards([audio_dir], out, _cfg(shard_size_mb=1.0), progress=False)
+    report = prepare_shards([audio_dir], out, _cfg(shard_size_mb=1.0), overwrite=True, progress=False)
     assert [s["name"] for s in report.manifest["shards"]] == ["shard-000000.tar"]
     assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar"]
 
@@ -248,7 +247,7 @@ def test_other_config_in_the_same_folder_is_refused_unless_overwrite(
 def test_pool_gives_the_same_shards_as_one_process(
     prepared: Path, audio_dir: Path, tmp_path: Path
 ) -> None:
-    report = prepare([audio_dir], tmp_path, _cfg(workers=2), progress=False)
+    report = prepare_shards([audio_dir], tmp_path, _cfg(workers=2), progress=False)
     assert report.processed == len(GOOD) + len(BAD)
     assert _shard_bytes(tmp_path) == _shard_bytes(prepared)
 

@@ -41,11 +41,11 @@ def write_clips(folder: Path, n: int = 24, seconds: float = 2.5, seed: int = 0) 
 
 def make_shards(root: Path, n: int = 24) -> Path:
     """Log-mel shards (+ manifest) of :func:`write_clips`, via ``audiomaepp.data.prepare``."""
-    from audiomaepp.data.prepare import PrepareConfig, prepare
+    from audiomaepp.data.prepare import PrepareConfig, prepare_shards
 
     audio = write_clips(root / "audio", n)
     out = root / "shards"
-    prepare([audio], out, PrepareConfig(workers=1, shard_size_mb=0.3), progress=False)
+    prepare_shards([audio], out, PrepareConfig(workers=1, shard_size_mb=0.3), progress=False)
     return out
 
 

@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``prepare`` (or only the merge); prints a one-screen summary. Returns the exit code."""
-    from ..data.prepare import PrepareConfig, default_workers, prepare
+    from ..data.prepare import PrepareConfig, default_workers, prepare_shards
     from ..data.shards import merge_manifests
 
     if args.merge:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         node_rank=args.node_rank,
         min_duration_s=args.min_duration,
     )
-    report = prepare(
+    report = prepare_shards(
         args.inputs, args.out, cfg, overwrite=args.overwrite, progress=not args.no_progress
     )
     m = report.manifest

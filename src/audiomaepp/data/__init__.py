@@ -8,14 +8,14 @@ from .loader import (
     make_pretraining_dataset,
     worker_plan,
 )
-from .prepare import SKIP_REASONS, PrepareConfig, PrepareReport, prepare, process_file
+from .prepare import SKIP_REASONS, PrepareConfig, PrepareReport, prepare_shards, process_file
 from .shards import load_manifest, merge_manifests
 
 __all__ = [
     "SKIP_REASONS",
     "PrepareConfig",
     "PrepareReport",
-    "prepare",
+    "prepare_shards",
     "process_file",
     "load_manifest",
     "merge_manifests",

@@ -64,7 +64,7 @@ __all__ = [
     "default_workers",
     "process_file",
     "clip_keys",
-    "prepare",
+    "prepare_shards",
 ]
 
 logger = logging.getLogger(__name__)
@@ -528,7 +528,7 @@ def _log_summary(manifest: dict[str, Any], done: int, elapsed: float) -> None:
     )
 
 
-def prepare(
+def prepare_shards(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     config: PrepareConfig | None = None,

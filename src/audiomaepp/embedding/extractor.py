@@ -18,18 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import resolve_device
 from ..frontend import SAMPLE_RATE, LogMelFrontend, check_waveform, standardize
 from ..model import AudioMAE, AudioMAEConfig
 from .layout import CHUNK_FRAMES, ChunkPlan, group_tokens, plan_chunks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass

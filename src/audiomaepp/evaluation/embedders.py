@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ..devices import resolve_device as _resolve_device
 from ..errors import AudioMAEError
 from ..frontend import log_mel
 
@@ -75,10 +76,8 @@ class LogMelStatsEmbedder:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is returned as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """The device name :func:`audiomaepp.devices.resolve_device` picks (``auto`` -> cuda or cpu)."""
+    return str(_resolve_device(device))
 
 
 def _scene_embedder_class() -> Any:

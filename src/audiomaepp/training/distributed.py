@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..devices import resolve_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,11 +50,7 @@ def env_world() -> tuple[int, int, int]:
 
 def pick_device(choice: str, local_rank: int) -> torch.device:
     """``auto`` / ``cpu`` / ``cuda`` -> the device of this process (``cuda:LOCAL_RANK`` on GPUs)."""
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    if resolve_device(choice).type == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
