@@ -25,3 +25,7 @@ class CheckpointError(AudioMAEError, ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A pickled checkpoint that asks to import or call something outside the allow-list."""
+
+
+class NonFiniteLossError(AudioMAEError, RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient."""

@@ -20,11 +20,7 @@ from types import FrameType
 
 import torch
 
-from ..errors import AudioMAEError
-
-
-class NonFiniteLossError(AudioMAEError, RuntimeError):
-    """Too many consecutive optimizer steps had a non-finite loss or gradient."""
+from ..errors import NonFiniteLossError
 
 
 class StopRequest:
