@@ -80,12 +80,13 @@ class Embedder(nn.Module):
     def from_dir(cls, directory: str | Path, device: str | None = None, batch_size: int = 256,
                  layout: str | None = None, dtype: str = "auto") -> Embedder:
         """An embedder over a model directory (``save_pretrained`` or ``convert-release`` output)."""
-        directory = Path(directory)
+        directory = Path(directory).resolve()
         model = AudioMAE.from_pretrained(directory)
         digest = _file_digest(directory / "model.safetensors")
         layout = layout or model.config.token_layout
-        emb = cls(model, layout, batch_size, dtype, name=directory.name,
-                  cache_key=f"{directory.name}-{digest[:16]}-{layout}")
+        # a finished run exports RUN_DIR/model: then the run's folder is the telling name
+        name = directory.parent.name if directory.name == "model" else directory.name
+        emb = cls(model, layout, batch_size, dtype, name=name, cache_key=f"{name}-{digest[:16]}-{layout}")
         return emb.to(resolve_device(device))
 
     @classmethod
