@@ -79,3 +79,23 @@ def test_compare_and_judge_on_hand_made_numbers():
     lines = judge(r)
     assert "**Mixed**" in lines[0]
     assert "**Yes**" in lines[1] and "clearly better (95 % CIs disjoint) on 2 of 3" in lines[1]
+
+
+def test_answers_are_symmetric_and_never_overclaim():
+    from audiomaepp.demo import _answer
+
+    assert _answer(True, 2, 0) == "Yes" and _answer(False, 0, 2) == "No"
+    assert _answer(True, 0, 0) == "Not clearly" and _answer(False, 0, 0) == "No"
+    assert _answer(True, 0, 1) == "Mixed" and _answer(False, 1, 0) == "Mixed"
+
+
+def test_rerun_with_other_steps_starts_afresh(demo, tmp_path):
+    """A second demo into the same folder with another step count retrains instead of resuming.
+    (Runs last: it replaces the fixture's AudioMAE++ run.)"""
+    from audiomaepp.demo import _pretrain
+
+    cfg = DemoConfig(out=str(demo.out), steps=6, device="cpu", corpus=dict(n_pool=16, n_per_task=40),
+                     progress=False)
+    run = _pretrain(cfg, "AudioMAE++", "plusplus", demo.out / "shards", 6, demo.out)
+    state = json.loads((run["run_dir"] / "result.json").read_text())
+    assert state["step"] == 6 and state["total_steps"] == 6

@@ -68,7 +68,7 @@ def test_recipe_defaults_and_plan():
     assert (plan.total_steps, plan.warmup_steps) == (195_300, 19_530)
     assert (plan.precision, plan.compile, plan.fused_adamw) == ("fp32", False, False)
     plan = plan_run(cfg.replace(per_device_batch=64, max_steps=500), torch.device("cpu"), 4, 2_000_000)
-    assert (plan.accum_steps, plan.total_steps, plan.warmup_steps) == (4, 500, 500)
+    assert (plan.accum_steps, plan.total_steps, plan.warmup_steps) == (4, 500, 50)  # warm-up keeps its 10 % share
     with pytest.raises(ValueError, match="multiple"):
         plan_run(cfg.replace(per_device_batch=100), torch.device("cpu"), 8, 2_000_000)
     with pytest.raises(ValueError, match="smaller than the global batch"):
@@ -315,3 +315,20 @@ def test_metrics_writer_jsonl_and_tensorboard(tmp_path, monkeypatch):
     assert not any(tag == "train/mfu" for tag, *_ in scalars[:-1])
     truncate_metrics(tmp_path, 2)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_max_steps_keeps_the_warmup_share_and_ends_at_zero():
+    from audiomaepp.training import TrainConfig, lr_at, plan_run
+
+    plan = plan_run(TrainConfig(max_steps=1000), torch.device("cpu"), 1, samples_per_epoch=2_000_000)
+    assert plan.total_steps == 1000 and plan.warmup_steps == 100  # 10 of 100 epochs -> 10 %
+    assert lr_at(999, plan.peak_lr, plan.warmup_steps, plan.total_steps) < 1e-3 * plan.peak_lr
+
+
+def test_resume_refuses_another_schedule(shard_dir, tmp_path):
+    cfg = tiny_config(shard_dir, tmp_path / "run", max_steps=6, save_every=3)
+    pretrain(cfg)
+    with pytest.raises(CheckpointError, match="total_steps was 6, this run has 3"):
+        pretrain(cfg.replace(max_steps=3, resume="auto"))
+    with pytest.raises(CheckpointError, match="seed"):
+        pretrain(cfg.replace(seed=1, resume="auto"))

@@ -149,8 +149,13 @@ def _pretrain(cfg: DemoConfig, name: str, block: str, shards: Path, steps: int, 
     from .training import pretrain
 
     run_dir = out / "runs" / ("audiomaepp" if block == "plusplus" else "mae_vanilla")
+    train_cfg = _train_config(cfg, block, shards, steps, run_dir)
+    saved = run_dir / "train_config.json"
+    if saved.is_file() and saved.read_text() != train_cfg.to_json():
+        log.info("%s holds a run with other settings: starting afresh", run_dir)
+        shutil.rmtree(run_dir)  # only an identical run is resumed (e.g. after Ctrl-C)
     log.info("pretraining %s (%s blocks) for %d steps -> %s", name, block, steps, run_dir)
-    result = pretrain(_train_config(cfg, block, shards, steps, run_dir))
+    result = pretrain(train_cfg)
     if not result.finished or result.model_dir is None:
         raise RuntimeError(f"pretraining of {name} did not finish (see {run_dir})")
     losses = [r["loss"] for r in result.history if r.get("loss") is not None]
@@ -192,6 +197,17 @@ def compare(result, a: str, b: str) -> dict[str, Any]:
             "score_a": result.normalized[a], "score_b": result.normalized[b]}
 
 
+def _answer(better: bool, wins: int, losses: int) -> str:
+    """Yes / No only when the overall score and the clear per-task differences agree."""
+    if better and wins > losses:
+        return "Yes"
+    if not better and losses >= wins:
+        return "No"
+    if better and wins == losses == 0:
+        return "Not clearly"  # a higher score, but no task beyond the noise
+    return "Mixed"  # the score and the clear per-task results point different ways
+
+
 def judge(result) -> list[str]:
     """Plain sentences about what this run measured; nothing beyond it."""
     lines = []
@@ -201,8 +217,7 @@ def judge(result) -> list[str]:
     ):
         c = compare(result, a, b)
         n = len(result.tasks)
-        better = c["score_a"] > c["score_b"]
-        answer = "Yes" if better and c["wins"] > c["losses"] else "No" if not better and c["losses"] >= c["wins"] else "Mixed"
+        answer = _answer(c["score_a"] > c["score_b"], c["wins"], c["losses"])
         lines.append(
             f"{question} **{answer}** on this corpus: normalized score {c['score_a']:.1f} vs "
             f"{c['score_b']:.1f}; {a} is clearly better (95 % CIs disjoint) on {c['wins']} of {n} "

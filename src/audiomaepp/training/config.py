@@ -34,7 +34,7 @@ class TrainConfig:
     shuffle_buffer: int = 5000  # clips mixed within a worker's stream (the loader's default)
     # ---- schedule (spec §6) ------------------------------------------------------------------------
     epochs: int = 100  # the paper pretrains for 100 epochs
-    warmup_epochs: float = 10.0  # 10 linear warm-up epochs
+    warmup_epochs: float = 10.0  # 10 linear warm-up epochs (with --max-steps: the same 10 % of the steps)
     warmup_steps: int | None = None  # overrides warmup_epochs (short runs count in steps)
     max_steps: int | None = None  # overrides epochs: the schedule ends (lr = 0) after this many steps
     stop_after: int | None = None  # stop (checkpoint, exit 0) after this step, schedule unchanged

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -92,7 +93,12 @@ def plan_run(cfg: TrainConfig, device: torch.device, world_size: int, samples_pe
         raise ValueError(f"samples_per_epoch {samples_per_epoch} is smaller than the global batch {G} "
                          "(set --samples-per-epoch, or use more clips or a smaller --batch-size)")
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.warmup_steps is not None:
+        warmup = cfg.warmup_steps
+    elif cfg.max_steps is not None:  # a shortened schedule keeps the recipe's warm-up share (10 of 100)
+        warmup = round(total * cfg.warmup_epochs / cfg.epochs)
+    else:
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
     return RunPlan(
         device=str(device), precision=precision,
         compile=cfg.compile if cfg.compile is not None else cuda,
@@ -248,6 +254,16 @@ class Trainer:
                 raise CheckpointError(
                     f"{path}: {key} was {doc.get(key)}, this run has {getattr(self.plan, key)}; resuming "
                     "needs the same global batch and samples per epoch (they fix the schedule and data position)"
+                )
+        # the schedule and the random streams must be the run's own, or "resume" trains something else
+        mine = {"total_steps": self.plan.total_steps, "warmup_steps": self.plan.warmup_steps,
+                "peak_lr": self.plan.peak_lr, "seed": self.cfg.seed}
+        for key, value in mine.items():
+            saved = doc.get(key)
+            if saved is not None and not math.isclose(saved, value, rel_tol=1e-9):
+                raise CheckpointError(
+                    f"{path}: {key} was {saved}, this run has {value}; resume with the run's own schedule "
+                    "and seed (or start a new run in another --out folder)"
                 )
         for key in ("world_size", "per_device_batch", "num_workers"):
             if doc.get(key) != self._layout()[key]:
@@ -440,6 +456,9 @@ class Trainer:
             "global_batch": self.plan.global_batch,
             "steps_per_epoch": self.plan.steps_per_epoch,
             "total_steps": self.plan.total_steps,
+            "warmup_steps": self.plan.warmup_steps,
+            "peak_lr": self.plan.peak_lr,
+            "seed": self.cfg.seed,
             **self._layout(),
             "nonfinite": self.guard.state(),
             "model_config": self.model.config.to_dict(),
