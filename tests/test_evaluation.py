@@ -527,3 +527,7 @@ def test_cli_evaluate(tasks_root, tmp_path, capsys):
                              str(tmp_path / "no-model"), "--out", str(out), "--quiet"])
     assert bad.func(bad) == 2
     assert "not a model directory" in capsys.readouterr().err
+    typo = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models", "random:tinyy",
+                              "--out", str(out), "--quiet"])
+    assert typo.func(typo) == 2
+    assert "unknown preset 'tinyy'" in capsys.readouterr().err

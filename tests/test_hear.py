@@ -168,3 +168,17 @@ def test_embed_cli(micro_dir, tmp_path):
 
     model = Embedder.from_dir(micro_dir, device="cpu")
     np.testing.assert_allclose(scene[1], model.embed([load_audio(src / "b.flac")])[0], atol=1e-5)
+
+
+def test_cache_keys_tell_models_layouts_and_precisions_apart(micro_dir):
+    keys = {
+        Embedder.random_init("tiny", device="cpu").cache_key,
+        Embedder.random_init("tiny", device="cpu", embed_dim=64, num_heads=2).cache_key,
+        Embedder.random_init("tiny", seed=1, device="cpu").cache_key,
+        Embedder.from_dir(micro_dir, device="cpu").cache_key,
+        Embedder.from_dir(micro_dir, device="cpu", layout="release").cache_key,
+        Embedder.from_dir(micro_dir, device="cpu", dtype="bfloat16").cache_key,
+    }
+    assert len(keys) == 6
+    model = hear.load_model("", preset="tiny", layout="release")
+    assert model.cache_key.endswith("-release-float32")

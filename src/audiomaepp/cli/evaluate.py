@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
     p.add_argument("--max-epochs", type=int, default=None, help="probe epochs (default 500, the protocol)")
     p.add_argument("--patience", type=int, default=None, help="early-stopping checks (default 20)")
-    p.add_argument("--layout", default=None, help="token layout for model directories (release, time_major)")
+    p.add_argument("--layout", default=None, choices=["release", "time_major"],
+                   help="token layout for model directories (default: each model's own)")
     p.add_argument("--init-seed", type=int, default=0, help="seed of random:<preset> encoders")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         embedders = [make_embedder(s, device=device, batch_size=args.batch_size,
                                    seed=args.init_seed, layout=args.layout) for s in args.models]
+    except (AudioMAEError, ValueError) as exc:  # a mistyped spec or preset name
+        print(f"error: --models: {exc}", file=sys.stderr)
+        return 2
+    try:
         result = run_evaluation(embedders, args.tasks, out_dir=args.out, seeds=args.seeds,
                                 cache_dir=cache, progress=not args.quiet,
                                 **_probe_overrides(args, device))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ class Embedder(nn.Module):
         self.batch_size = batch_size
         self.dtype_name = dtype
         self.name = name
-        self.cache_key = cache_key or f"{name}-{self.layout}"
+        self._key_base = cache_key or f"{name}-{_config_digest(model)}"
         cfg = model.config
         self.num_bands = cfg.grid_size[1]
         self.steps_per_chunk = cfg.grid_size[0]
@@ -86,7 +87,7 @@ class Embedder(nn.Module):
         layout = layout or model.config.token_layout
         # a finished run exports RUN_DIR/model: then the run's folder is the telling name
         name = directory.parent.name if directory.name == "model" else directory.name
-        emb = cls(model, layout, batch_size, dtype, name=name, cache_key=f"{name}-{digest[:16]}-{layout}")
+        emb = cls(model, layout, batch_size, dtype, name=name, cache_key=f"{name}-{digest[:16]}")
         return emb.to(resolve_device(device))
 
     @classmethod
@@ -96,8 +97,13 @@ class Embedder(nn.Module):
         torch.manual_seed(seed)
         model = AudioMAE(AudioMAEConfig.preset(preset, **overrides))
         emb = cls(model, None, batch_size, dtype, name=f"random-{preset}",
-                  cache_key=f"random-{preset}-seed{seed}-{model.config.token_layout}")
+                  cache_key=f"random-{preset}-seed{seed}-{_config_digest(model)}")
         return emb.to(resolve_device(device))
+
+    @property
+    def cache_key(self) -> str:
+        """Names these embeddings in caches: the weights (or config + seed), layout and precision."""
+        return f"{self._key_base}-{self.layout}-{self._dtype_name()}"
 
     # ---- public API ------------------------------------------------------------------------------
     @property
@@ -142,14 +148,16 @@ class Embedder(nn.Module):
         frames = 1 + num_samples // self.frontend.cfg.hop_length
         return plan_chunks(num_samples, frames, self.layout, self.steps_per_chunk)
 
+    def _dtype_name(self) -> str:
+        if self.dtype_name == "auto":
+            return "bfloat16" if self.device.type == "cuda" else "float32"
+        return self.dtype_name
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dev = self.device.type
-        name = self.dtype_name
-        if name == "auto":
-            name = "bfloat16" if dev == "cuda" else "float32"
+        name = self._dtype_name()
         if name == "float32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=dev, dtype=DTYPES[name])
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[name])
 
     def _chunks(self, wav: torch.Tensor) -> tuple[torch.Tensor, ChunkPlan]:
         """One clip ``(N,)`` -> standardised, zero-padded chunks ``(C, 1, 200, 80)``."""
@@ -239,6 +247,12 @@ class Embedder(nn.Module):
 
 
 SceneEmbedder = Embedder  # the name the evaluation code asks for
+
+
+def _config_digest(model: AudioMAE) -> str:
+    """Short hash of the architecture: two random-init encoders of different shapes never share."""
+    text = json.dumps(model.config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _file_digest(path: Path) -> str:

@@ -50,7 +50,7 @@ def _paths(cache_dir: Path, embedder: Embedder, task: Task, split: str) -> tuple
     return folder / f"{split}.npy", folder / f"{split}.json"
 
 
-def _load(npy: Path, meta_path: Path, key: str, fingerprint: str, n: int) -> np.ndarray | None:
+def _load(npy: Path, meta_path: Path, key: str, fingerprint: str, n: int, dim: int | None) -> np.ndarray | None:
     if not (npy.is_file() and meta_path.is_file()):
         return None
     try:
@@ -61,7 +61,8 @@ def _load(npy: Path, meta_path: Path, key: str, fingerprint: str, n: int) -> np.
     except (OSError, ValueError) as exc:
         log.warning("ignoring unreadable embedding cache %s (%s)", npy, exc)
         return None
-    return emb if emb.ndim == 2 and len(emb) == n and emb.dtype == np.float32 else None
+    fits = emb.ndim == 2 and len(emb) == n and emb.dtype == np.float32 and dim in (None, emb.shape[1])
+    return emb if fits else None
 
 
 def _save(emb: np.ndarray, npy: Path, meta_path: Path, meta: dict) -> None:
@@ -118,7 +119,7 @@ def embed_split(
     npy, meta_path = _paths(Path(cache_dir), embedder, task, split)
     fingerprint = split_fingerprint(task, split)
     n = len(task.files(split))
-    emb = _load(npy, meta_path, embedder.cache_key, fingerprint, n)
+    emb = _load(npy, meta_path, embedder.cache_key, fingerprint, n, getattr(embedder, "embedding_size", None))
     if emb is not None:
         log.debug("embedding cache hit %s", npy)
         return emb

@@ -87,15 +87,14 @@ def _write_scores_csv(result: EvaluationResult, path: Path) -> None:
 
 def _write_png(result: EvaluationResult, path: Path) -> None:
     """Grouped bars (tasks x models, primary metric, CI error bars) and the overall score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n_m, n_t = len(result.models), len(result.tasks)
     width_in = max(8.0, 3.5 + n_t * (0.6 + 0.3 * n_m) + 0.5 * n_m)
-    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(width_in, 4.5),
-                                   gridspec_kw={"width_ratios": [max(n_t, 1), 1.2]})
+    fig = Figure(figsize=(width_in, 4.5))  # Agg canvas: no pyplot, no global backend switch
+    FigureCanvasAgg(fig)
+    ax, ax_s = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(n_t, 1), 1.2]})
     width = 0.8 / n_m
     for i, m in enumerate(result.models):
         stats = [result.results[m][t].summary() for t in result.tasks]
@@ -113,7 +112,6 @@ def _write_png(result: EvaluationResult, path: Path) -> None:
     ax_s.set_title("s(m)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _json_safe(obj: Any) -> Any:
