@@ -27,7 +27,7 @@ from audiomaepp.data import (
     prepare_shards,
     worker_plan,
 )
-from audiomaepp.data.shards import ShardWriter, decode_npy, iter_clip_members
+from audiomaepp.data.shards import MemberRef, ShardWriter, decode_npy, iter_clip_members
 from audiomaepp.frontend import crop_or_tile, log_mel, standardize, tile_to
 
 SR = 16_000
@@ -407,6 +407,89 @@ def test_too_few_shards_are_split_by_clip_not_duplicated(tmp_path: Path) -> None
         for w in range(2):
             seen += [k for _, k in ds.iter_worker(w, 2)]
     assert sorted(seen) == sorted(f"s{s}c{c}" for s in range(2) for c in range(8))
+
+
+@pytest.mark.parametrize("world_size, workers", [(1, 6), (8, 8)])
+def test_shard_with_fewer_clips_than_slots_is_shared_round(
+    tmp_path: Path, world_size: int, workers: int
+) -> None:
+    root = _write_synthetic(tmp_path, shards=1, clips=4)
+    seen = []
+    for rank in range(world_size):
+        ds = _ds(root, rank=rank, world_size=world_size, samples_per_epoch=world_size * workers)
+        for w in range(workers):
+            keys = [k for _, k in ds.iter_worker(w, workers)]
+            assert keys == [k for _, k in ds.iter_worker(w, workers)]  # deterministic
+            seen += keys
+    assert len(seen) == world_size * workers
+    assert set(seen) == {f"s0c{c}" for c in range(4)}  # every clip read, some of them twice
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_or_corrupt_shard_is_skipped_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _write_synthetic(tmp_path, shards=3, clips=4)
+    _truncate(root / "shard-000001.tar")
+    (root / "shard-000002.tar").write_bytes(b"not a tar file" * 100)
+    counts = [4, 4, 4]  # as a manifest written before the damage would say
+    paths = sorted(root.glob("*.tar"))
+    with caplog.at_level(logging.WARNING):
+        ds = ShardDataset(paths, 30, clip_counts=counts, shuffle_buffer=10, with_keys=True)
+        keys = [k for _, k in ds]  # several passes over the readable clips
+    # the truncated shard's clips before the cut are still read; the garbage shard gives none
+    assert len(keys) == 30 and set(keys) <= {f"s0c{c}" for c in range(4)} | {"s1c0", "s1c1"}
+    for bad in paths[1:]:
+        warned = [r for r in caplog.records if f"{bad}: skipping unreadable shard" in r.message]
+        assert len(warned) == 1  # once, not once per pass
+    # in DataLoader workers too, and counting clips (no manifest) survives the damage
+    ds = make_pretraining_dataset(root, samples_per_epoch=12)
+    assert ds.clip_counts[0] == 4 and ds.clip_counts[2] == 0
+    loader = make_loader(ds, batch_size=3, num_workers=2, persistent_workers=False)
+    assert sum(len(b) for b in loader) == 12
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing", "cut_in_first_clip"])
+def test_slot_whose_shard_is_unreadable_fails_naming_the_shard(tmp_path: Path, damage: str) -> None:
+    root = _write_synthetic(tmp_path, shards=2, clips=4)
+    bad = root / "shard-000001.tar"
+    if damage == "garbage":
+        bad.write_bytes(b"not a tar file" * 100)
+    elif damage == "missing":
+        bad.unlink()
+    else:  # the first header is intact, its data is cut: the clip is listed but fails to load
+        bad.write_bytes(bad.read_bytes()[:1000])
+    ds = ShardDataset([bad], 8, clip_counts=[4])
+    with pytest.raises(RuntimeError, match="shard-000001.tar"):
+        list(ds)
+
+
+def test_slot_with_unloadable_clips_gives_up_after_its_own_clip_count(
+    synth: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+    real = ShardDataset._load
+
+    def failing(self: ShardDataset, key: str, payload: MemberRef) -> torch.Tensor | None:
+        if payload.shard.endswith("shard-000003.tar"):
+            loads.append(key)
+            return None
+        return real(self, key, payload)
+
+    monkeypatch.setattr(ShardDataset, "_load", failing)
+    ds = _ds(synth, samples_per_epoch=80)  # 8 shards of 6 clips, 8 slots: one shard each
+    errors = []
+    for w in range(8):
+        try:
+            list(ds.iter_worker(w, 8))
+        except RuntimeError as exc:
+            errors.append(str(exc))
+    assert len(errors) == 1 and "shard-000003.tar" in errors[0]
+    assert len(loads) <= 2 * 6 + 1  # the slot's 6 clips bound it, not the dataset's 48
 
 
 def test_dataloader_order_is_the_round_robin_of_worker_streams(synth: Path) -> None:

@@ -13,8 +13,11 @@ How one epoch is laid out, so that it is exact, disjoint and reproducible:
 * Every (rank, worker) pair is a *slot* (``rank * W + worker``). Each epoch the shard list is
   shuffled with ``(seed, epoch)`` and dealt to the slots (each shard to the slot with the fewest
   clips so far), so slots read disjoint shards; with fewer shards than slots, slots sharing a
-  shard take disjoint subsets of its clips. A slot makes passes over its shards (in a new order
+  shard take disjoint subsets of its clips (with fewer clips than sharers they wrap round, each
+  taking one clip, so some clips repeat). A slot makes passes over its shards (in a new order
   each pass) until it has produced its count.
+* A shard that cannot be read (missing, truncated, corrupt) is skipped for the pass with one
+  warning; a slot left with no readable clip raises an error naming its shards.
 * A shuffle buffer mixes clips within a slot's pass and is emptied at the end of the pass, so a
   pass yields each of the slot's clips exactly once. It holds ``(key, MemberRef)`` pairs (shard,
   offset, size), not the data, so a large buffer is cheap; a clip is read when it leaves the buffer.
@@ -37,6 +40,7 @@ import logging
 import math
 import os
 import random
+import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -52,7 +56,6 @@ from ..frontend import INPUT_FRAMES, crop_or_tile, log_mel, standardize
 from .shards import (
     MANIFEST,
     MemberRef,
-    count_clips,
     decode_npy,
     iter_clip_members,
     load_manifest,
@@ -218,6 +221,10 @@ class CropDataset(IterableDataset):
         """Whether a skipped (unread) item would have produced crops; shards: always."""
         return True
 
+    def _unit_name(self, unit: int) -> str:
+        """The unit's path, for error messages."""
+        return str(unit)
+
     # -- the stream -----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
@@ -243,7 +250,8 @@ class CropDataset(IterableDataset):
 
         The units, shuffled with ``(seed, epoch)`` (the same on every rank, so this is a
         partition), go one by one to the slot with the fewest clips so far. With fewer units than
-        slots, the slots sharing a unit take every ``modulus``-th clip from ``remainder`` on.
+        slots, the slots sharing a unit take every ``modulus``-th clip from ``remainder`` on; a
+        unit with fewer clips than sharers gives each sharer one clip, wrapping round.
         """
         sizes = self._unit_sizes()
         n = len(sizes)
@@ -252,8 +260,10 @@ class CropDataset(IterableDataset):
         if n < slots:
             if not self.split_units:
                 return [(perm[slot % n], 1, 0)]
+            unit = perm[slot % n]
             sharing = len(range(slot % n, slots, n))  # slots reading the same unit
-            return [(perm[slot % n], sharing, slot // n)]
+            mod = max(1, min(sharing, sizes[unit]))  # fewer clips than sharers: wrap round
+            return [(unit, mod, (slot // n) % mod)]
         heap = [(0, s) for s in range(slots)]  # (clips so far, slot): ties go to the lower slot
         mine = []
         for unit in perm:
@@ -290,8 +300,13 @@ class CropDataset(IterableDataset):
                 yield item
             if not found:
                 raise RuntimeError(
-                    f"{type(self).__name__}: slot {slot} of {slots} has no clips to read"
+                    f"{type(self).__name__}: slot {slot} of {slots} has no clips to read in "
+                    f"{self._slot_names(epoch, slot, slots)}"
                 )
+
+    def _slot_names(self, epoch: int, slot: int, slots: int) -> str:
+        """The slot's units this epoch, for error messages."""
+        return ", ".join(self._unit_name(u) for u, _, _ in self._assignment(epoch, slot, slots))
 
     def _shuffled(self, items: Iterator[Item], rng: random.Random) -> Iterator[Item]:
         """Shuffle buffer: fill ``shuffle_buffer`` items, then emit a random one per new item."""
@@ -316,7 +331,14 @@ class CropDataset(IterableDataset):
             return
         crop_rng = _rng(self.seed, epoch, slot, slots, _CROP)
         pos, end, per_clip = 0, skip + count, self.crops_per_clip
-        failed, max_failed = 0, sum(self._unit_sizes())  # a whole pass unreadable: give up
+        # Give up when none of the slot's clips loads. Failures in a row can span the end of one
+        # pass and the start of the next (reshuffled), so up to 2 * (clips - 1) while one clip is
+        # still readable; more than 2 * clips means none is.
+        sizes = self._unit_sizes()
+        slot_clips = sum(
+            len(range(rem, sizes[u], mod)) for u, mod, rem in self._assignment(epoch, slot, slots)
+        )
+        failed, max_failed = 0, 2 * max(1, slot_clips)
         try:
             for key, payload in self._items(epoch, slot, slots):
                 crop_seed = crop_rng.getrandbits(
@@ -330,7 +352,9 @@ class CropDataset(IterableDataset):
                     failed += 1
                     if failed > max_failed:
                         raise RuntimeError(
-                            f"{type(self).__name__}: no readable clip in a whole pass"
+                            f"{type(self).__name__}: slot {slot} of {slots}: {failed} clips in a "
+                            f"row failed to load; no readable clip in "
+                            f"{self._slot_names(epoch, slot, slots)}"
                         )
                     continue
                 failed = 0
@@ -373,8 +397,11 @@ class ShardDataset(CropDataset):
         if not shards:
             raise ValueError("ShardDataset needs at least one shard")
         self.shards = [str(s) for s in shards]
+        self._warned: set[str] = set()  # shards already reported unreadable (per process)
         counts = (
-            list(clip_counts) if clip_counts is not None else [count_clips(s) for s in self.shards]
+            list(clip_counts)
+            if clip_counts is not None
+            else [sum(1 for _ in self._unit_items(i)) for i in range(len(self.shards))]
         )
         self.clip_counts = counts
         if samples_per_epoch is None:
@@ -409,8 +436,18 @@ class ShardDataset(CropDataset):
     def _unit_sizes(self) -> list[int]:
         return self.clip_counts
 
+    def _unit_name(self, unit: int) -> str:
+        return self.shards[unit]
+
     def _unit_items(self, unit: int) -> Iterator[Item]:
-        yield from iter_clip_members(self.shards[unit])
+        """The shard's clips; an unreadable shard is skipped (from the error on) for this pass."""
+        shard = self.shards[unit]
+        try:
+            yield from iter_clip_members(shard)
+        except (tarfile.ReadError, OSError, EOFError) as exc:
+            if shard not in self._warned:  # once per shard and worker, not once per pass
+                self._warned.add(shard)
+                logger.warning("%s: skipping unreadable shard (%s)", shard, exc)
 
     def _load(self, key: str, payload: MemberRef) -> torch.Tensor | None:
         try:
@@ -446,6 +483,9 @@ class FolderDataset(CropDataset):
 
     def _num_units(self) -> int:
         return len(self.files)
+
+    def _unit_name(self, unit: int) -> str:
+        return str(self.files[unit])
 
     def _unit_items(self, unit: int) -> Iterator[Item]:
         yield str(self.files[unit]), self.files[unit]
