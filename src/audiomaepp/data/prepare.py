@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from ..audio import find_audio_files, load_audio
 from ..errors import AudioDecodeError, InvalidAudioError
+from ..fileio import atomic_write_bytes
 from ..frontend import SAMPLE_RATE, FrontendConfig, log_mel
 from .shards import (
     FORMAT,
@@ -350,9 +351,7 @@ class _ProgressLog:
             header, chunks = None, []
         kept = _valid_prefix(out, chunks) if header is not None else []
         lines = [self.header, *kept]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in lines).encode())
         return kept
 
     def append(self, chunk: dict[str, Any]) -> None:

@@ -24,6 +24,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..fileio import atomic_write_json
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -73,9 +75,7 @@ def progress_name(node_rank: int = 0, num_nodes: int = 1) -> str:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temporary name and ``os.replace`` so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..audio import load_audio
 from ..errors import InvalidAudioError
+from ..fileio import atomic_path, atomic_write_json
 from .embedders import Embedder, EmbedderError
 from .tasks import Task
 
@@ -68,12 +68,9 @@ def _load(npy: Path, meta_path: Path, key: str, fingerprint: str, n: int, dim: i
 def _save(emb: np.ndarray, npy: Path, meta_path: Path, meta: dict) -> None:
     """Write both files through temporary names so an interrupted run leaves no half entry."""
     npy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npy.with_suffix(".tmp.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, npy)
-    tmp_meta = meta_path.with_suffix(".tmp.json")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, meta_path)
+    with atomic_path(npy) as tmp, open(tmp, "wb") as f:
+        np.save(f, emb)
+    atomic_write_json(meta_path, meta)
 
 
 def _check_output(emb: np.ndarray, embedder: Embedder, n: int) -> np.ndarray:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..fileio import atomic_write_json
 from .clips import clip_rng, render_clip
 from .dsp import SAMPLE_RATE
 from .tasks import TASKS, ClipSlot, Planner, TaskSpec, plan_pool
@@ -204,9 +204,7 @@ def group_plans(jobs: list[ClipJob], plans: list[dict]) -> dict[str, dict[str, d
 
 def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` as indented JSON atomically (temp file + rename): readers never see half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def write_task_files(task: TaskSpec, task_dir: Path, config: CorpusConfig, splits: dict) -> None:

@@ -30,7 +30,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..model.io import atomic_write_bytes, check_state_dict, save_pretrained
+from ..fileio import atomic_write_bytes
+from ..model.io import check_state_dict, save_pretrained
 from .optim import optimizer_param_names
 
 FORMAT = "audiomaepp-train/1"

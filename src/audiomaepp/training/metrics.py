@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..model.io import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

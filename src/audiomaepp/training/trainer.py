@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write_bytes
 from ..model import AudioMAE
-from ..model.io import atomic_write_bytes
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import BatchStream, build_dataset, make_rank_loader

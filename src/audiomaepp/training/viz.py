@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write_bytes
 from ..model import AudioMAE, unpatchify
-from ..model.io import atomic_write_bytes
 
 
 @torch.no_grad()
