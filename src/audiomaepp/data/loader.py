@@ -555,6 +555,7 @@ def make_loader(
     prefetch_factor: int = 4,
     persistent_workers: bool = True,
     drop_last: bool = False,
+    worker_init_fn: Any = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` giving ``(batch, 1, 200, 80)`` float32 batches.
 
@@ -563,7 +564,8 @@ def make_loader(
     (faster, asynchronous host-to-GPU copies). ``prefetch_factor`` 4 batches per worker hides
     shard-read hiccups. Persistent workers keep open shards and skip a fork per epoch; call
     ``dataset.set_epoch(e)`` before each ``iter(loader)``. Also sets ``dataset.batch_size``, which
-    the resume mapping needs.
+    the resume mapping needs. ``worker_init_fn`` runs in each worker before it reads (the trainer
+    uses it to leave SIGTERM / SIGINT to the main process).
     """
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1)
@@ -579,5 +581,6 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
+        worker_init_fn=worker_init_fn,
         **extra,
     )

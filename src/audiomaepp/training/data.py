@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from .config import TrainConfig
 from .distributed import DistEnv
@@ -32,43 +31,24 @@ def build_dataset(cfg: TrainConfig, env: DistEnv) -> Any:
     )
 
 
-class SignalShield(IterableDataset):
-    """Wraps a dataset so that its DataLoader workers ignore SIGTERM and SIGINT.
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM and SIGINT.
 
-    A scheduler's SIGTERM (or torchrun forwarding one, or Ctrl-C) reaches the whole process
-    group. Workers would die of it, and the main process would then fail on the next batch
-    instead of checkpointing; the main process decides when to stop, and the workers exit
-    when it shuts the loader down (or when their watchdog sees it gone). Attribute reads and
-    writes (``set_epoch``, ``batch_size``, ...) go to the wrapped dataset.
+    A scheduler's SIGTERM (or torchrun forwarding one, or Ctrl-C) reaches the whole process group.
+    Workers would die of it, and the main process would then fail on the next batch instead of
+    checkpointing; the main process decides when to stop, and the workers exit when it shuts the
+    loader down (or when their watchdog sees it gone).
     """
-
-    def __init__(self, inner: Any) -> None:
-        self.__dict__["inner"] = inner
-
-    def __iter__(self) -> Iterator[Any]:
-        if get_worker_info() is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return iter(self.__dict__["inner"])
-
-    def __len__(self) -> int:
-        return len(self.__dict__["inner"])
-
-    def __getattr__(self, name: str) -> Any:
-        inner = self.__dict__.get("inner")
-        if inner is None:  # during unpickling, before __dict__ is restored
-            raise AttributeError(name)
-        return getattr(inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self.__dict__["inner"], name, value)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_rank_loader(dataset: Any, per_device_batch: int, num_workers: int, pin_memory: bool) -> Any:
-    """``audiomaepp.data.loader.make_loader`` over the signal-shielded dataset."""
+    """``audiomaepp.data.loader.make_loader`` with workers that leave stop signals to the main process."""
     from ..data import make_loader
 
-    return make_loader(SignalShield(dataset), per_device_batch, num_workers=num_workers, pin_memory=pin_memory)
+    return make_loader(dataset, per_device_batch, num_workers=num_workers, pin_memory=pin_memory,
+                       worker_init_fn=ignore_stop_signals)
 
 
 class BatchStream:
