@@ -38,10 +38,8 @@ def load_model(model_file_path: str = "", **options) -> Embedder:
             "load_model: pass a model directory (made by save_pretrained or `audiomaepp convert-release`); "
             "no weights ship with the package. Use preset=NAME for a random-init model."
         )
-    emb = Embedder.random_init(options["preset"], seed=options.get("seed", 0), **kw)
-    if "layout" in options:
-        emb.layout = options["layout"]
-    return emb
+    layout = {"token_layout": options["layout"]} if "layout" in options else {}
+    return Embedder.random_init(options["preset"], seed=options.get("seed", 0), **kw, **layout)
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: Embedder) -> tuple[torch.Tensor, torch.Tensor]:

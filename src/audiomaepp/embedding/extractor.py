@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from ..devices import resolve_device
-from ..frontend import SAMPLE_RATE, LogMelFrontend, check_waveform, standardize
+from ..frontend import SAMPLE_RATE, LogMelFrontend, check_waveform, num_frames, standardize
 from ..model import AudioMAE, AudioMAEConfig
-from .layout import CHUNK_FRAMES, ChunkPlan, group_tokens, plan_chunks
+from .layout import CHUNK_FRAMES, LAYOUTS, ChunkPlan, group_tokens, plan_chunks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,7 +60,8 @@ class Embedder(nn.Module):
         self.model = model.eval()
         self.frontend = LogMelFrontend()
         self.layout = layout or model.config.token_layout
-        plan_chunks(16000, 101, self.layout)  # validates the layout name early
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown token layout {self.layout!r}; choose from {LAYOUTS}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if dtype not in ("auto", *DTYPES):
@@ -115,7 +116,7 @@ class Embedder(nn.Module):
         """``audio`` ``(B, N)`` at 16 kHz -> embeddings ``(B, S, 5 D)`` and stamps ``(B, S)`` in ms."""
         audio = check_waveform(audio, SAMPLE_RATE)
         steps = [s for _, s in self._run(audio, want_steps=True)]
-        plan = self._plan(audio.shape[-1])
+        plan = self.plan(audio.shape[-1])
         stamps = plan.timestamps().to(audio.device).expand(len(steps), -1).contiguous()
         return torch.stack(steps).to(audio.device), stamps
 
@@ -141,13 +142,11 @@ class Embedder(nn.Module):
             yield from self._run(audio, want_steps=timestamps)
 
     def plan(self, num_samples: int) -> ChunkPlan:
-        return self._plan(num_samples)
-
-    # ---- machinery -----------------------------------------------------------------------------------
-    def _plan(self, num_samples: int) -> ChunkPlan:
-        frames = 1 + num_samples // self.frontend.cfg.hop_length
+        """How a clip of ``num_samples`` samples is chunked and how many steps it yields."""
+        frames = num_frames(num_samples, self.frontend.cfg.hop_length)
         return plan_chunks(num_samples, frames, self.layout, self.steps_per_chunk)
 
+    # ---- machinery -----------------------------------------------------------------------------------
     def _dtype_name(self) -> str:
         if self.dtype_name == "auto":
             return "bfloat16" if self.device.type == "cuda" else "float32"
@@ -163,7 +162,7 @@ class Embedder(nn.Module):
         """One clip ``(N,)`` -> standardised, zero-padded chunks ``(C, 1, 200, 80)``."""
         wav = wav.to(self.device, torch.float32).reshape(1, -1)
         lms = standardize(self.frontend(wav), unbiased=True)[0, 0]  # (T, 80)
-        plan = self._plan(wav.shape[-1])
+        plan = self.plan(wav.shape[-1])
         lms = torch.nn.functional.pad(lms, (0, 0, 0, plan.pad_frames))  # (C*200, 80)
         return lms.reshape(plan.num_chunks, 1, CHUNK_FRAMES, lms.shape[-1]), plan
 
