@@ -80,16 +80,6 @@ def resolve_device(device: str = "auto") -> str:
     return str(_resolve_device(device))
 
 
-def _scene_embedder_class() -> Any:
-    try:
-        from ..embedding import SceneEmbedder
-    except ImportError as exc:
-        raise EmbedderError(
-            f"model embedders need audiomaepp.embedding.SceneEmbedder, which is not available ({exc})"
-        ) from exc
-    return SceneEmbedder
-
-
 def make_embedder(
     spec: str,
     *,
@@ -106,6 +96,8 @@ def make_embedder(
     - anything else: a model directory, ``SceneEmbedder.from_dir(path, device=..., batch_size=...,
       layout=...)``. ``batch_size`` / ``layout`` are passed only when given.
     """
+    from ..embedding import SceneEmbedder  # lazy: the log-mel baseline needs no model code
+
     if spec == "logmel":
         return LogMelStatsEmbedder(**({"batch_size": batch_size} if batch_size else {}))
     kwargs: dict[str, Any] = {"device": resolve_device(device)}
@@ -115,7 +107,7 @@ def make_embedder(
         preset = spec.split(":", 1)[1]
         if not preset:
             raise EmbedderError(f"model spec {spec!r}: expected random:<preset>, e.g. random:base")
-        return _scene_embedder_class().random_init(preset, seed=seed, **kwargs)
+        return SceneEmbedder.random_init(preset, seed=seed, **kwargs)
     path = Path(spec)
     if not path.is_dir():
         raise EmbedderError(
@@ -123,5 +115,5 @@ def make_embedder(
         )
     if layout is not None:
         kwargs["layout"] = layout
-    return _scene_embedder_class().from_dir(path, **kwargs)
+    return SceneEmbedder.from_dir(path, **kwargs)
 
