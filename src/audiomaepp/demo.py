@@ -3,7 +3,7 @@
 ``audiomaepp demo`` runs the library's real paths end to end on data it makes itself:
 
 1. :func:`audiomaepp.synth.generate_corpus` writes an unlabelled pool and labelled HEAR tasks;
-2. :func:`audiomaepp.data.prepare` turns the pool into log-mel shards;
+2. :func:`audiomaepp.data.prepare_shards` turns the pool into log-mel shards;
 3. :func:`audiomaepp.training.pretrain` trains a small AudioMAE++ and a vanilla MAE of the same
    size on the same shards for the same number of steps;
 4. :func:`audiomaepp.evaluation.run_evaluation` probes both, a random-init encoder of the same

@@ -131,7 +131,7 @@ class ClipResult:
 
 @dataclass
 class PrepareReport:
-    """Outcome of :func:`prepare`: the manifest written and what this run actually did."""
+    """Outcome of :func:`prepare_shards`: the manifest written and what this run actually did."""
 
     manifest: dict[str, Any]
     manifest_path: Path
