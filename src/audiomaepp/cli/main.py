@@ -20,6 +20,8 @@ COMMANDS = [
     "pretrain",
     "embed",
     "evaluate",
+    "finetune",
+    "predict",
     "demo",
 ]
 

@@ -177,6 +177,8 @@ def clip_to(params: list[torch.Tensor], max_norm: float, total: torch.Tensor) ->
 class Trainer:
     """Builds everything for one rank and runs the loop; see the module docstring."""
 
+    progress_desc = "pretrain"  # the progress bar's label
+
     def __init__(self, cfg: TrainConfig, env: DistEnv, dataset: Any = None, model: AudioMAE | None = None) -> None:
         self.cfg, self.env = cfg, env
         self.device = env.device
@@ -195,6 +197,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._t0 = time.perf_counter()
         self._viz_input: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._postfix: dict[str, str] = {}  # progress-bar fields (loss, lr, ... and after_step's values)
 
     # -- set-up --------------------------------------------------------------------------------------------
     def _check_dataset(self) -> None:
@@ -210,15 +213,14 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=plan.precision == "fp16")
-        self.optimizer = build_optimizer(self.model, self.plan.peak_lr, self.cfg.weight_decay, self.cfg.betas,
-                                         self.cfg.eps, fused=plan.fused_adamw)
+        self.optimizer = self.make_optimizer()
         self.params = trainable_parameters(self.optimizer)
         self.guard = NonFiniteGuard(self.device, self.cfg.max_nonfinite)
         # Plain AdamW cannot skip a step on the device, so the host looks at every step anyway and
         # reports bad ones at once; fused AdamW (and the fp16 scaler) skip on the device, and the
         # counters are read at log steps only.
         self.sync_each_step = not (plan.fused_adamw or self.scaler.is_enabled())
-        module: nn.Module = LossModule(self.model)
+        module: nn.Module = self.make_loss_module()
         if self.env.distributed:
             ids = [self.device.index] if cuda else None
             module = DDP(module, device_ids=ids, gradient_as_bucket_view=True)  # no buffers to sync
@@ -232,6 +234,25 @@ class Trainer:
         self.noise = MaskNoise(self.cfg.seed, self.plan.global_batch, self.model.config.num_patches, self.device)
         self.flops_per_sample = self.model.flops_per_sample()
         self.peak = peak_flops(self.device, self.cfg.peak_tflops)
+
+    # -- extension points: fine-tuning (audiomaepp.finetune.trainer) overrides these -----------------------
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the model's decay / no-decay groups; a group's optional ``lr_scale`` multiplies its lr."""
+        return build_optimizer(self.model, self.plan.peak_lr, self.cfg.weight_decay, self.cfg.betas,
+                               self.cfg.eps, fused=self.plan.fused_adamw)
+
+    def make_loss_module(self) -> nn.Module:
+        """The module DDP wraps and torch.compile compiles: ``forward(*loss_inputs(...)) -> loss``."""
+        return LossModule(self.model)
+
+    def loss_inputs(self, batch: Any, noise: torch.Tensor) -> tuple[Any, ...]:
+        """Arguments of the loss module for one micro-batch (moved to the device) and its noise rows."""
+        return batch.to(self.device, non_blocking=True), noise
+
+    def after_step(self) -> dict[str, float] | None:
+        """Called after every optimizer step, before checkpointing; returned values are logged
+        (``metrics.jsonl``, progress bar). Pretraining has nothing to add; fine-tuning validates here."""
+        return None
 
     # -- resume ----------------------------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
@@ -283,23 +304,23 @@ class Trainer:
     def _micro_step(self, m: int, noise: torch.Tensor) -> torch.Tensor:
         """Forward + backward of micro-step ``m``; returns the (detached) micro-batch loss."""
         A, P = self.plan.accum_steps, self.plan.per_device_batch
-        x = self.batches.next().to(self.device, non_blocking=True)
         rows = noise[micro_slice(self.env.rank, m, A, P)]
+        inputs = self.loss_inputs(self.batches.next(), rows)
         last = m == A - 1
         sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
         with sync:
             with self._autocast():
-                loss = self.forward(x, rows)
+                loss = self.forward(*inputs)
             self.scaler.scale(loss / A).backward()
         if self.cfg.viz_every and last:
-            self._viz_input = (x[:1], rows[:1])
+            self._viz_input = (inputs[0][:1], rows[:1])
         return loss.detach()
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """One optimizer step; returns ``(loss, grad_norm, bad, lr)`` (device tensors, no host sync)."""
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise lr decay (fine-tuning) scales groups
         noise = self.noise.for_step(self.step)
         losses = [self._micro_step(m, noise) for m in range(self.plan.accum_steps)]
         loss = torch.stack(losses).mean()
@@ -374,6 +395,9 @@ class Trainer:
                     self._log(window, norm, lr, writer, bar, start)
                     window = self._new_window()
                 bar.update(1)
+                extra = self.after_step()
+                if extra:
+                    self._log_extra(extra, writer, bar)
                 self._periodic()
                 if agree.poll(stop.requested):
                     logger.info("stop requested: checkpointing at step %d", self.step)
@@ -417,11 +441,24 @@ class Trainer:
             writer.write(record)
             self._report(record, bar)
 
+    def _log_extra(self, extra: dict[str, float], writer: MetricsWriter | None, bar: Any) -> None:
+        """Log what :meth:`after_step` returned (rank 0 writes) and keep it on the progress bar."""
+        record = {"step": self.step, **extra}
+        self.history.append(record)
+        self._postfix.update({k: f"{v:.4g}" for k, v in extra.items() if isinstance(v, (int, float))})
+        if writer is not None:
+            writer.write(record)
+            if not bar.disable:
+                bar.set_postfix(self._postfix, refresh=False)
+            else:
+                logger.info("step %d: %s", self.step, ", ".join(f"{k} {v}" for k, v in extra.items()))
+
     def _report(self, r: dict[str, Any], bar: Any) -> None:
         mfu_text = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         if not bar.disable:
-            bar.set_postfix(loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}", sps=f"{r['samples_per_s']:.0f}",
-                            mfu=mfu_text, refresh=False)
+            self._postfix.update(loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}", sps=f"{r['samples_per_s']:.0f}",
+                                 mfu=mfu_text)
+            bar.set_postfix(self._postfix, refresh=False)
         else:
             logger.info("step %d/%d loss %.4f lr %.3e %.1f samples/s MFU %s", r["step"],
                         self.plan.total_steps, r["loss"], r["lr"], r["samples_per_s"], mfu_text)
@@ -435,7 +472,7 @@ class Trainer:
     def _progress(self) -> Any:
         disable = not (self.cfg.progress and self.env.is_main)
         return tqdm(total=self.plan.total_steps, initial=self.step, disable=disable, unit="step",
-                    dynamic_ncols=True, desc="pretrain")
+                    dynamic_ncols=True, desc=self.progress_desc)
 
     # -- outputs -------------------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -493,7 +530,7 @@ class Trainer:
             if self.env.is_main:
                 self.model.save_pretrained(model_dir)
         barrier(self.env)
-        final = next((r["loss"] for r in reversed(self.history)), None)
+        final = next((r["loss"] for r in reversed(self.history) if "loss" in r), None)
         result = RunResult(self.run_dir, self.step, self.plan.total_steps, finished, interrupted and not finished,
                            model_dir, self.last_checkpoint, final, time.perf_counter() - start,
                            self.history, self.plan.to_dict())

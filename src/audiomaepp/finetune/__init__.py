@@ -1,0 +1,34 @@
+"""Fine-tuning: a pretrained encoder + a head -> an audio classifier (ESC-50 / AudioSet style).
+
+Python entry points::
+
+    from audiomaepp.finetune import FinetuneConfig, finetune, AudioClassifier
+    result = finetune(FinetuneConfig(model="runs/base/model", task="tasks/esc50", out_dir="runs/esc"))
+    result.mean                      # {"top1_acc": ..., "mAP": ..., "d_prime": ...} over test folds
+    clf = AudioClassifier.from_pretrained(result.model_dir)
+    clf.predict(wave, sr).top(5)
+
+The command lines are ``audiomaepp finetune`` and ``audiomaepp predict``.
+"""
+
+from .config import FinetuneConfig
+from .data import FinetuneTask, LabelledSplit, load_task, read_manifest
+from .model import AudioClassifier, ClassifierConfig, ClassifierHead, Prediction, build_classifier
+from .trainer import FinetuneResult, FinetuneTrainer, FoldResult, finetune
+
+__all__ = [
+    "FinetuneConfig",
+    "finetune",
+    "FinetuneResult",
+    "FoldResult",
+    "FinetuneTrainer",
+    "AudioClassifier",
+    "ClassifierConfig",
+    "ClassifierHead",
+    "Prediction",
+    "build_classifier",
+    "FinetuneTask",
+    "LabelledSplit",
+    "load_task",
+    "read_manifest",
+]

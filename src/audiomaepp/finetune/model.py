@@ -1,0 +1,283 @@
+"""The fine-tuned model: a pretrained AudioMAE encoder plus a classification head.
+
+``AudioClassifier`` = :class:`audiomaepp.model.mae.Encoder` (weights copied exactly from an
+:class:`AudioMAE`; the decoder is dropped) + :class:`ClassifierHead` on the mean of the 250 patch
+tokens (MAE's ``global_pool``, with its LayerNorm) or on the cls token. A saved classifier is a
+directory: ``model.safetensors`` + ``config.json`` + ``labels.json``::
+
+    clf = AudioClassifier.from_pretrained("runs/ft/best")
+    pred = clf.predict(wave, sr)        # any rate, mono or multi-channel, any length
+    pred.labels, pred.top(3)            # predicted labels; [(label, score), ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..audio import to_mono_16k
+from ..errors import CheckpointError
+from ..fileio import atomic_path, atomic_write_bytes
+from ..model import AudioMAE, AudioMAEConfig
+from ..model.io import check_state_dict
+from ..model.mae import Encoder, _stack_flops
+from .data import clip_logmel, clip_windows, window_starts
+
+FORMAT = "audiomaepp-classifier/1"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+LABELS_NAME = "labels.json"
+WINDOW_S = 2.0  # seconds per evaluation window (200 frames)
+
+
+@dataclass
+class ClassifierConfig:
+    """Architecture of an :class:`AudioClassifier` (the labels live in ``labels.json``)."""
+
+    encoder: AudioMAEConfig
+    num_classes: int
+    prediction_type: str = "multiclass"  # softmax + cross-entropy, or sigmoid + BCE ("multilabel")
+    pooling: str = "mean"  # "mean" of patch tokens (MAE's global_pool) or "cls"
+    linear_probe: bool = False  # encoder frozen (and kept in eval mode)
+    drop_path: float = 0.0  # stochastic depth of the last encoder block while training
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per 2-s input (the trainer sizes its per-sample noise with it)."""
+        return self.encoder.num_patches
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["encoder"] = self.encoder.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
+        d = dict(d)
+        d["encoder"] = AudioMAEConfig.from_dict(d["encoder"])
+        return cls(**d)
+
+
+class ClassifierHead(nn.Module):
+    """``(B, D)`` pooled features -> ``(B, C)`` logits: LayerNorm (mean pooling only) + Linear."""
+
+    def __init__(self, dim: int, num_classes: int, pooling: str, init_std: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if pooling == "mean" else nn.Identity()
+        self.fc = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=init_std)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(feats))
+
+
+@dataclass
+class Prediction:
+    """What :meth:`AudioClassifier.predict` returns for one clip."""
+
+    labels: list[str]  # multiclass: the arg-max class; multilabel: every class scoring >= threshold
+    scores: dict[str, float]  # every class: the mean over the clip's 2-s windows of their probabilities
+    segment_starts: list[float] = field(default_factory=list)  # window start times in seconds
+    segment_scores: np.ndarray | None = None  # (S, C) per-window probabilities
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` highest-scoring ``(label, score)`` pairs."""
+        return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
+
+
+class AudioClassifier(nn.Module):
+    """Encoder + head; ``forward`` takes standardised log-mel windows ``(B, 1, 200, 80)`` -> logits."""
+
+    def __init__(self, config: ClassifierConfig, labels: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.labels = tuple(labels) if labels is not None else tuple(str(i) for i in range(config.num_classes))
+        if len(self.labels) != config.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for {config.num_classes} classes")
+        self.encoder = Encoder(config.encoder)
+        init_std = 0.01 if config.linear_probe else 2e-5  # MAE: 0.01 for linear probing, 2e-5 fine-tuning
+        self.head = ClassifierHead(config.encoder.embed_dim, config.num_classes, config.pooling, init_std)
+        if config.linear_probe:
+            self.encoder.requires_grad_(False)
+        self._hooks = [blk.register_forward_hook(self._drop_path_hook(rate))
+                       for blk, rate in zip(self.encoder.blocks, self._drop_rates(), strict=True)]
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_encoder(cls, mae: AudioMAE, labels: Sequence[str], prediction_type: str, pooling: str = "mean",
+                     linear_probe: bool = False, drop_path: float = 0.0) -> AudioClassifier:
+        """A new head on ``mae``'s encoder; the encoder weights are copied exactly (strict)."""
+        cfg = ClassifierConfig(mae.config, len(labels), prediction_type, pooling, linear_probe, drop_path)
+        clf = cls(cfg, labels)
+        clf.encoder.load_state_dict(mae.encoder.state_dict(), strict=True)
+        return clf.to(next(mae.parameters()).device)
+
+    def _drop_rates(self) -> list[float]:
+        """Stochastic depth rising linearly to ``drop_path`` at the last block (timm / MAE)."""
+        depth = self.config.encoder.depth
+        if self.config.linear_probe or depth == 0:
+            return [0.0] * depth
+        return [self.config.drop_path * i / max(depth - 1, 1) for i in range(depth)]
+
+    @staticmethod
+    def _drop_path_hook(rate: float):
+        """Per-sample stochastic depth on a whole block: ``x + keep / (1 - rate) * (block(x) - x)``.
+
+        A forward hook (not a wrapper module), so the encoder's parameter names stay those of the
+        pretrained checkpoint. Active in training mode only.
+        """
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if not module.training or rate <= 0.0:
+                return output
+            x = args[0]
+            keep = x.new_empty(x.shape[0], 1, 1).bernoulli_(1.0 - rate) / (1.0 - rate)
+            return x + (output - x) * keep
+
+        return hook
+
+    # ---- forward --------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> AudioClassifier:
+        super().train(mode)
+        if self.config.linear_probe:
+            self.encoder.eval()  # a frozen encoder stays deterministic (no drop path)
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder features ``(B, D)`` of log-mel windows ``(B, 1, 200, 80)``."""
+        want = (self.config.encoder.in_chans, *self.config.encoder.img_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"AudioClassifier expects (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.linear_probe):
+            tokens = self.encoder.run(self.encoder.embed(x))  # (B, 1 + L, D)
+        return tokens[:, 1:].mean(dim=1) if self.config.pooling == "mean" else tokens[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax (multiclass) or sigmoid (multilabel) of logits ``(B, C)``."""
+        return logits.softmax(dim=-1) if self.config.prediction_type == "multiclass" else logits.sigmoid()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- prediction -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def window_scores(self, windows: Sequence[torch.Tensor], batch_size: int = 64) -> list[np.ndarray]:
+        """Per-window probabilities ``(S_i, C)`` for each clip's windows ``(S_i, 1, 200, 80)``.
+
+        Windows of all clips share batches of ``batch_size`` (many short clips keep a GPU busy).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            counts = [w.shape[0] for w in windows]
+            if not counts:
+                return []
+            flat = torch.cat(list(windows))
+            probs = torch.cat([self.probabilities(self(flat[i : i + batch_size].to(self.device)).float()).cpu()
+                               for i in range(0, flat.shape[0], batch_size)])
+            return [p.numpy().astype(np.float64) for p in probs.split(counts)]
+        finally:
+            self.train(was_training)
+
+    def prediction(self, segment_scores: np.ndarray, frames: int, threshold: float = 0.5) -> Prediction:
+        """A :class:`Prediction` from a clip's per-window scores ``(S, C)``."""
+        clip = segment_scores.mean(axis=0)
+        if self.config.prediction_type == "multiclass":
+            labels = [self.labels[int(clip.argmax())]]
+        else:
+            labels = [lab for lab, s in zip(self.labels, clip, strict=True) if s >= threshold]
+        starts = [s / 100.0 for s in window_starts(max(frames, 1))]  # 100 frames per second
+        return Prediction(labels, {lab: float(s) for lab, s in zip(self.labels, clip, strict=True)},
+                          starts, segment_scores)
+
+    def predict(self, wave: np.ndarray | torch.Tensor, sr: int, threshold: float = 0.5) -> Prediction:
+        """Labels and scores of one clip: ``(N,)``, ``(N, C)`` or ``(C, N)`` (C <= 8) at rate ``sr``."""
+        audio = wave.detach().cpu().numpy() if torch.is_tensor(wave) else np.asarray(wave)
+        if audio.ndim == 2 and audio.shape[0] <= 8 < audio.shape[1]:
+            audio = audio.T  # (channels, samples) as torchaudio gives -> (samples, channels)
+        lms = clip_logmel(to_mono_16k(audio, sr))
+        scores = self.window_scores([clip_windows(lms)])[0]
+        return self.prediction(scores, lms.shape[0], threshold)
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_sample(self) -> float:
+        """Training FLOPs per 2-s input: forward + backward matmuls (forward only through a frozen encoder)."""
+        c = self.config.encoder
+        fwd = 2 * c.num_patches * c.patch_dim * c.embed_dim + _stack_flops(
+            c.depth, c.embed_dim, 1 + c.num_patches, c.block, c.mlp_ratio)
+        return float(fwd if self.config.linear_probe else 3 * fwd)
+
+    # ---- persistence -------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """``model.safetensors`` + ``config.json`` + ``labels.json`` in ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": FORMAT})
+        meta = {"format": FORMAT, "architecture": "AudioClassifier", "config": self.config.to_dict()}
+        atomic_write_bytes(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
+        atomic_write_bytes(directory / LABELS_NAME, json.dumps(list(self.labels), indent=1).encode())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> AudioClassifier:
+        """Load a classifier directory written by :meth:`save_pretrained` (never executes code)."""
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / CONFIG_NAME).read_text())
+            labels = json.loads((directory / LABELS_NAME).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{directory}: not a classifier directory ({exc})") from exc
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{directory}/{CONFIG_NAME}: format {meta.get('format')!r}, expected {FORMAT!r} "
+                                  "(an encoder directory? fine-tune it with `audiomaepp finetune` first)")
+        try:
+            cfg = ClassifierConfig.from_dict(meta["config"])
+            clf = cls(cfg, labels)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{directory}: invalid classifier config or labels ({exc})") from exc
+        try:
+            state = load_file(str(directory / WEIGHTS_NAME), device="cpu")
+        except Exception as exc:  # safetensors raises its own types for corrupt files
+            raise CheckpointError(f"{directory / WEIGHTS_NAME}: cannot read safetensors file ({exc})") from exc
+        check_state_dict(clf, state, str(directory / WEIGHTS_NAME))
+        clf.load_state_dict(state)
+        return clf.to(device).eval()
+
+
+def build_classifier(model: str, labels: Sequence[str], prediction_type: str, *, pooling: str = "mean",
+                     linear_probe: bool = False, drop_path: float = 0.0, seed: int = 0,
+                     overrides: dict[str, Any] | None = None) -> AudioClassifier:
+    """``model``: a model directory (``save_pretrained`` / ``convert-release`` output) or
+    ``random:<preset>`` (a random-init encoder, seeded, the 'no pretraining' baseline).
+
+    The head is initialised from ``seed`` after the encoder, so the same seed gives the same model.
+    """
+    torch.manual_seed(seed)
+    if model.startswith("random:"):
+        mae = AudioMAE(AudioMAEConfig.preset(model.split(":", 1)[1], **(overrides or {})))
+    else:
+        path = Path(model)
+        if not path.is_dir():
+            raise CheckpointError(f"--model {model}: not a model directory nor random:<preset>")
+        mae = AudioMAE.from_pretrained(path)
+        torch.manual_seed(seed)
+    return AudioClassifier.from_encoder(mae, labels, prediction_type, pooling, linear_probe, drop_path)

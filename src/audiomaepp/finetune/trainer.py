@@ -1,0 +1,362 @@
+"""Fine-tuning on the pretraining loop: :class:`FinetuneTrainer` is a :class:`~audiomaepp.training.Trainer`
+with another loss, batch source, optimiser groups and a validation hook; precision / autocast,
+torch.compile, fused AdamW, DDP under ``torchrun``, safetensors checkpoints, resume, SIGTERM,
+``metrics.jsonl`` and the progress bar are the pretraining trainer's own.
+
+One fold = one run folder: ``checkpoints/``, ``metrics.jsonl`` (loss lines and ``valid_<metric>``
+lines), ``best/`` (the classifier with the best validation score so far, written when it improves),
+``model/`` (the last step's classifier) and ``test.json`` (the best classifier on the test split).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..evaluation.metrics import average_precision, compute_metrics
+from ..evaluation.tasks import Fold
+from ..fileio import atomic_write_bytes
+from ..training import checkpoint as ckpt
+from ..training.config import TrainConfig
+from ..training.distributed import DistEnv, init_distributed, shutdown_distributed
+from ..training.trainer import Trainer
+from .config import FinetuneConfig
+from .data import (
+    CropAugment,
+    EvalSet,
+    FinetuneTask,
+    LabelledCropDataset,
+    LabelledSplit,
+    sampling_weights,
+)
+from .model import AudioClassifier, build_classifier
+
+log = logging.getLogger(__name__)
+
+BEST_DIR = "best"
+TEST_FILE = "test.json"
+
+
+# ---- loss and optimiser groups ---------------------------------------------------------------------------
+class ClassifierLoss(nn.Module):
+    """``(x, y) -> loss``: soft-target cross-entropy with label smoothing, or BCE for multilabel.
+
+    ``y`` ``(B, C)`` are (mixup-)soft targets; smoothing mixes them with the uniform distribution,
+    as timm's ``SoftTargetCrossEntropy`` after ``Mixup(label_smoothing=...)``.
+    """
+
+    def __init__(self, model: AudioClassifier, label_smoothing: float) -> None:
+        super().__init__()
+        self.model = model
+        self.multiclass = model.config.prediction_type == "multiclass"
+        self.smoothing = label_smoothing
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x).float()  # (B, C); the loss in fp32 under autocast
+        if self.multiclass:
+            target = y * (1.0 - self.smoothing) + self.smoothing / y.shape[1]
+            return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+        return nn.functional.binary_cross_entropy_with_logits(logits, y)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """MAE / BEiT layer index: patch embedding and cls 0, block ``i`` ``i + 1``, the rest ``depth + 1``."""
+    if name.startswith(("encoder.patch_embed", "encoder.cls_token", "encoder.pos_embed")):
+        return 0
+    if name.startswith("encoder.blocks."):
+        return int(name.split(".")[2]) + 1
+    return depth + 1
+
+
+def layer_decay_groups(model: AudioClassifier, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups by (layer, decay or not), each with ``lr_scale = layer_decay ** (depth + 1 - layer)``."""
+    from ..training.optim import no_decay
+
+    depth = model.config.encoder.depth
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue  # frozen: the position table, the release's unused LN3, a linear probe's encoder
+        lid, plain = layer_id(name, depth), no_decay(name, p)
+        g = groups.setdefault((lid, plain), {"params": [], "names": [], "weight_decay": 0.0 if plain else weight_decay,
+                                             "lr_scale": layer_decay ** (depth + 1 - lid)})
+        g["params"].append(p)
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+# ---- evaluation --------------------------------------------------------------------------------------------
+@dataclass
+class SplitScores:
+    """Clip-level probabilities ``(n, C)`` of the clips that could be read, their targets and the rest."""
+
+    scores: np.ndarray
+    targets: np.ndarray
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+
+def score_split(model: AudioClassifier, evalset: EvalSet, batch_size: int, clips_per_call: int = 32) -> SplitScores:
+    """Average the window probabilities of every clip (batched across clips)."""
+    kept, scores = [], []
+    n = len(evalset.split)
+    for start in range(0, n, clips_per_call):
+        idx = [i for i in range(start, min(n, start + clips_per_call))]
+        wins = [(i, evalset.windows(i)) for i in idx]
+        wins = [(i, w) for i, w in wins if w is not None]
+        for (i, _), s in zip(wins, model.window_scores([w for _, w in wins], batch_size), strict=True):
+            kept.append(i)
+            scores.append(s.mean(axis=0))
+    C = evalset.split.targets.shape[1]
+    failed = {str(evalset.split.paths[i]): msg for i, msg in evalset.failed.items()}
+    return SplitScores(np.array(scores).reshape(-1, C), evalset.split.targets[kept], failed)
+
+
+def per_class_ap(scores: np.ndarray, targets: np.ndarray) -> list[float]:
+    """AP of every class (NaN for a class without a positive in the split)."""
+    return [average_precision(scores[:, c], targets[:, c]) for c in range(targets.shape[1])]
+
+
+def confusion(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``(C, C)`` counts, rows = true class, columns = predicted (multiclass)."""
+    C = targets.shape[1]
+    m = np.zeros((C, C), dtype=np.int64)
+    np.add.at(m, (targets.argmax(axis=1), scores.argmax(axis=1)), 1)
+    return m
+
+
+# ---- the trainer ---------------------------------------------------------------------------------------------
+class FinetuneTrainer(Trainer):
+    """The pretraining :class:`Trainer` with the classifier's loss, layer-decay groups and validation."""
+
+    progress_desc = "finetune"
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv, dataset: LabelledCropDataset, model: AudioClassifier,
+                 ft: FinetuneConfig, task: FinetuneTask, valid: LabelledSplit, eval_every: int) -> None:
+        self.ft, self.task, self.eval_every = ft, task, eval_every
+        self.valid = EvalSet(valid)
+        self.best_score, self.best_step = -math.inf, None
+        super().__init__(cfg, env, dataset=dataset, model=model)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        groups = layer_decay_groups(self.model, self.cfg.weight_decay, self.ft.layer_decay)
+        kwargs = {"fused": True} if self.plan.fused_adamw else {}
+        return torch.optim.AdamW(groups, lr=self.plan.peak_lr, betas=self.cfg.betas, eps=self.cfg.eps, **kwargs)
+
+    def make_loss_module(self) -> nn.Module:
+        return ClassifierLoss(self.model, self.ft.label_smoothing)
+
+    def loss_inputs(self, batch: Any, noise: torch.Tensor) -> tuple[Any, ...]:
+        return (batch["x"].to(self.device, non_blocking=True), batch["y"].to(self.device, non_blocking=True))
+
+    def after_step(self) -> dict[str, float] | None:
+        """Validate every ``eval_every`` steps and at the end; keep the best classifier in ``best/``."""
+        if not (self.step % self.eval_every == 0 or self.step == self.plan.total_steps) or not self.env.is_main:
+            return None
+        metric = self.task.primary_metric
+        s = score_split(self.model, self.valid, self.ft.eval_batch_size)
+        value = compute_metrics([metric], s.scores, s.targets)[metric] if len(s.scores) else math.nan
+        # strict: the earliest best wins; a NaN score never beats a number (the first one is kept)
+        better = value > self.best_score or (math.isnan(self.best_score) and not math.isnan(value))
+        if self.best_step is None or better:
+            self.best_score, self.best_step = value, self.step
+            self.model.save_pretrained(self.run_dir / BEST_DIR)
+        return {f"valid_{metric}": value, "best_valid": self.best_score}
+
+    def state(self) -> dict[str, Any]:
+        best = self.best_score if math.isfinite(self.best_score) else None
+        return {**super().state(), "finetune": {"best_score": best, "best_step": self.best_step}}
+
+    def resume(self, path: Path) -> None:
+        super().resume(path)
+        saved = ckpt.read_state(path).get("finetune") or {}
+        score = saved.get("best_score")
+        self.best_score = -math.inf if score is None else float(score)
+        self.best_step = saved.get("best_step")
+
+
+# ---- one fold, all folds --------------------------------------------------------------------------------------
+@dataclass
+class FoldResult:
+    """The best-validation classifier of one fold, tested."""
+
+    fold: str  # the test split
+    valid: str
+    run_dir: Path
+    finished: bool
+    best_step: int | None = None
+    best_valid: float | None = None
+    test: dict[str, float] = field(default_factory=dict)  # every report metric on the test split
+    per_class_ap: list[float] = field(default_factory=list)
+    confusion: list[list[int]] | None = None  # multiclass only
+    n_test: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # unreadable test / validation files
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / BEST_DIR
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["run_dir"] = str(self.run_dir)
+        d["model_dir"] = str(self.model_dir)
+        return d
+
+
+def train_config(ft: FinetuneConfig, run_dir: Path, samples_per_epoch: int, save_every: int) -> TrainConfig:
+    """The shared loop's settings for one fold."""
+    return TrainConfig(
+        data=None, out_dir=str(run_dir), samples_per_epoch=samples_per_epoch, num_workers=ft.num_workers,
+        epochs=ft.epochs, warmup_epochs=ft.warmup_epochs, max_steps=ft.max_steps, stop_after=ft.stop_after,
+        batch_size=ft.batch_size, per_device_batch=ft.per_device_batch, lr=ft.peak_lr(), min_lr=ft.min_lr,
+        weight_decay=ft.weight_decay, betas=ft.betas, clip_grad=ft.clip_grad, device=ft.device,
+        precision=ft.precision, compile=ft.compile, fused_adamw=ft.fused_adamw, seed=ft.seed,
+        save_every=save_every, keep_last=ft.keep_last, log_every=ft.log_every, viz_every=0, resume=ft.resume,
+        max_nonfinite=ft.max_nonfinite, tensorboard=ft.tensorboard, progress=ft.progress, export=True,
+        dist_timeout_s=ft.dist_timeout_s,
+    )
+
+
+def epoch_samples(ft: FinetuneConfig, n_train: int, world: int) -> int:
+    """Crops per epoch: one per training clip (or as set), rounded up to whole global batches."""
+    n = ft.samples_per_epoch or n_train
+    step = ft.batch_size
+    if step % world:
+        raise ValueError(f"batch size {step} is not a multiple of {world} devices")
+    return max(1, math.ceil(n / step)) * step
+
+
+def use_weights(ft: FinetuneConfig, task: FinetuneTask) -> bool:
+    return ft.weighted_sampling == "on" or (ft.weighted_sampling == "auto" and task.prediction_type == "multilabel")
+
+
+def run_fold(ft: FinetuneConfig, task: FinetuneTask, fold: Fold, run_dir: Path, env: DistEnv) -> FoldResult:
+    """Fine-tune on ``fold.train``, select on ``fold.valid``, test the best on ``fold.test``."""
+    train = task.train_split(fold)
+    samples = epoch_samples(ft, len(train), env.world_size)
+    steps_per_epoch = samples // ft.batch_size
+    eval_every = ft.eval_every or steps_per_epoch
+    cfg = train_config(ft, run_dir, samples, ft.save_every if ft.save_every is not None else eval_every)
+    model = build_classifier(ft.model, task.labels, task.prediction_type, pooling=ft.pooling,
+                             linear_probe=ft.linear_probe, drop_path=ft.drop_path, seed=ft.seed,
+                             overrides=ft.model_overrides)
+    augment = CropAugment(ft.freq_mask, ft.time_mask, ft.mixup, ft.mixup_alpha)
+    dataset = LabelledCropDataset(train, samples, rank=env.rank, world_size=env.world_size, seed=ft.seed,
+                                  weights=sampling_weights(train.targets) if use_weights(ft, task) else None,
+                                  augment=augment)
+    trainer = FinetuneTrainer(cfg, env, dataset, model, ft, task, task.splits[fold.valid], eval_every)
+    path = ckpt.resolve_resume(cfg.resume, run_dir)
+    if path is not None:
+        trainer.resume(path)
+    result = trainer.run()
+    out = FoldResult(fold.test, fold.valid, run_dir, result.finished, trainer.best_step,
+                     trainer.best_score if math.isfinite(trainer.best_score) else None)
+    if not result.finished or not env.is_main:
+        return out
+    return test_fold(out, task, ft, trainer.valid.failed)
+
+
+def test_fold(out: FoldResult, task: FinetuneTask, ft: FinetuneConfig, valid_failed: dict[int, str]) -> FoldResult:
+    """Score ``out.model_dir`` on the test split and write ``test.json``."""
+    model = AudioClassifier.from_pretrained(out.model_dir, device=_device(ft))
+    split = task.splits[out.fold]
+    s = score_split(model, EvalSet(split), ft.eval_batch_size)
+    if not len(s.scores):
+        raise RuntimeError(f"no test clip of {task.name}/{out.fold} could be read")
+    out.test = compute_metrics(list(task.metrics), s.scores, s.targets)
+    out.per_class_ap = per_class_ap(s.scores, s.targets)
+    out.confusion = confusion(s.scores, s.targets).tolist() if task.prediction_type == "multiclass" else None
+    out.n_test = len(s.scores)
+    out.failed = {**s.failed, **{str(task.splits[out.valid].paths[i]): m for i, m in valid_failed.items()}}
+    atomic_write_bytes(out.run_dir / TEST_FILE, json.dumps(_json_safe(out.to_dict()), indent=1).encode())
+    return out
+
+
+def _device(ft: FinetuneConfig) -> str:
+    from ..devices import resolve_device
+
+    return str(resolve_device(ft.device))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+@dataclass
+class FinetuneResult:
+    """All folds of one fine-tuning job; ``mean[metric]`` is the mean over test folds."""
+
+    task: FinetuneTask
+    config: FinetuneConfig
+    folds: list[FoldResult]
+    out_dir: Path
+
+    @property
+    def finished(self) -> bool:
+        return all(f.finished for f in self.folds)
+
+    @property
+    def mean(self) -> dict[str, float]:
+        agg: dict[str, list[float]] = defaultdict(list)
+        for f in self.folds:
+            for k, v in f.test.items():
+                agg[k].append(v)
+        return {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan for k, v in agg.items()}
+
+    @property
+    def model_dir(self) -> Path:
+        """The classifier to ship: the best-validation model of the (first) fold."""
+        return self.folds[0].model_dir
+
+
+def fold_dirs(task: FinetuneTask, out_dir: Path, folds: list[Fold]) -> list[Path]:
+    """One run folder per fold: ``OUT`` itself for train/valid/test tasks, ``OUT/folds/foldNN`` otherwise."""
+    if task.split_mode == "trainvaltest" and len(folds) == 1:
+        return [out_dir]
+    return [out_dir / "folds" / f.test for f in folds]
+
+
+def finetune(ft: FinetuneConfig, task: FinetuneTask | None = None) -> FinetuneResult:
+    """Fine-tune ``ft.model`` on every (selected) fold of ``ft.task``; write the report to ``ft.out_dir``.
+
+    Works in one process and under ``torchrun`` (rank 0 validates, tests and writes).
+    """
+    import torch.distributed as dist
+
+    from .data import load_task
+    from .report import write_report
+
+    task = task or load_task(ft.task, ft.prediction_type, ft.seed)
+    if ft.prediction_type and ft.prediction_type != task.prediction_type:
+        task.prediction_type = ft.prediction_type
+    folds = [f for f in task.folds if ft.folds is None or f.test in ft.folds]
+    if not folds:
+        raise ValueError(f"--folds {ft.folds}: none of the task's test folds {[f.test for f in task.folds]}")
+    out = Path(ft.out_dir)
+    owned = not (dist.is_available() and dist.is_initialized())
+    env = init_distributed(ft.device, ft.dist_timeout_s)
+    try:
+        results = [run_fold(ft, task, f, d, env) for f, d in zip(folds, fold_dirs(task, out, folds), strict=True)]
+    finally:
+        if owned:
+            shutdown_distributed()
+    result = FinetuneResult(task, ft, results, out)
+    if env.is_main and result.finished:
+        write_report(result)
+    return result
