@@ -91,14 +91,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--folds", nargs="*", default=None, help="test folds of k-fold tasks (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 is much faster than 2 on a machine shared with other jobs)")
     args = ap.parse_args()
     out = Path(args.out)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.phase == "pretrain":
         pretrain_phase(out, args.steps, args.seed)
         return
     doc = finetune_phase(out, args.epochs, args.folds, args.seed, args.batch_size)
-    doc["device"] = device_info(torch.device("cpu"))
+    doc["device"] = {**device_info(torch.device("cpu")), "torch_threads": torch.get_num_threads()}
     doc["pretrain_steps"] = json.loads((out / "pretrain" / "result.json").read_text())["step"]
     doc["table"] = table(doc)
     RESULTS.mkdir(exist_ok=True)

@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="token layout for model directories (default: each model's own)")
     p.add_argument("--init-seed", type=int, default=0, help="seed of random:<preset> encoders")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--mode", nargs="+", default=["probe"], choices=["probe", "finetune", "linear"],
+                   help="probe: MLP probe on frozen embeddings (the paper's protocol, default); finetune: "
+                        "fine-tune encoder + head per seed (audiomaepp finetune); linear: frozen encoder + "
+                        "head trained by the fine-tuning loop. Several modes share one report")
+    p.add_argument("--ft-config", metavar="FILE", help="FinetuneConfig JSON for the finetune / linear modes")
+    p.add_argument("--ft-epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's 50)")
+    p.add_argument("--ft-batch-size", type=int, default=None, help="fine-tuning global batch (default 64)")
     p.set_defaults(func=run)
     return p
 
@@ -71,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     device = resolve_device(args.device)
     cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
+    if args.mode != ["probe"]:
+        return _run_modes(args, device, cache)
     try:
         embedders = [make_embedder(s, device=device, batch_size=args.batch_size,
                                    seed=args.init_seed, layout=args.layout) for s in args.models]
@@ -86,4 +95,28 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(markdown_table(result))
     log.info("report written to %s", args.out)
+    return 0
+
+
+def _run_modes(args: argparse.Namespace, device: str, cache: str | None) -> int:
+    """``--mode finetune`` / ``linear`` (and ``probe`` alongside): one report over every mode."""
+    from ..evaluation import markdown_table
+    from ..finetune import FinetuneConfig
+    from ..finetune.evaluate import run_modes
+
+    try:
+        ft = FinetuneConfig.from_json(args.ft_config) if args.ft_config else FinetuneConfig()
+        changes = {"device": device.split(":")[0]}
+        if args.ft_epochs is not None:
+            changes["epochs"] = args.ft_epochs
+        if args.ft_batch_size is not None:
+            changes["batch_size"] = args.ft_batch_size
+        ft = ft.replace(**changes)
+        result = run_modes(args.models, args.tasks, args.out, args.mode, args.seeds, ft,
+                           probe_kwargs={"cache_dir": cache, **_probe_overrides(args, device)},
+                           progress=not args.quiet)
+    except (AudioMAEError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(result))
     return 0

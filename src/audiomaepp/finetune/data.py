@@ -191,6 +191,9 @@ def random_window(lms: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 class LogMelCache:
     """Standardised log-mels of decoded clips, kept as float16 up to ``max_mb`` (oldest dropped first).
 
+    Values are always returned float16-rounded (a standardised log-mel loses nothing that matters:
+    ~3 significant digits around unit scale), whether they came from the cache or the file.
+
     Each process (and DataLoader worker) has its own; a clip that cannot be decoded raises
     :class:`~audiomaepp.errors.AudioMAEError` naming the file.
     """
@@ -205,14 +208,15 @@ class LogMelCache:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key].float()
-        lms = clip_logmel(load_audio(path))
-        stored = lms.half()
+        stored = clip_logmel(load_audio(path)).half()
         self._items[key] = stored
         self._bytes += stored.numel() * 2
         while self._bytes > self.max_bytes and len(self._items) > 1:
             _, old = self._items.popitem(last=False)
             self._bytes -= old.numel() * 2
-        return lms
+        # always the float16-rounded values, cached or not: a resumed run (empty cache) must see
+        # exactly what the uninterrupted run saw
+        return stored.float()
 
 
 # ---- the training stream ----------------------------------------------------------------------------------

@@ -109,8 +109,9 @@ class AudioClassifier(nn.Module):
         self.head = ClassifierHead(config.encoder.embed_dim, config.num_classes, config.pooling, init_std)
         if config.linear_probe:
             self.encoder.requires_grad_(False)
-        self._hooks = [blk.register_forward_hook(self._drop_path_hook(rate))
-                       for blk, rate in zip(self.encoder.blocks, self._drop_rates(), strict=True)]
+        self._drop_noise: torch.Tensor | None = None  # (B, >= depth) uniforms of the current forward
+        self._hooks = [self.encoder.blocks[i].register_forward_hook(self._drop_path_hook(i, rate))
+                       for i, rate in enumerate(self._drop_rates())]
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -129,19 +130,23 @@ class AudioClassifier(nn.Module):
             return [0.0] * depth
         return [self.config.drop_path * i / max(depth - 1, 1) for i in range(depth)]
 
-    @staticmethod
-    def _drop_path_hook(rate: float):
+    def _drop_path_hook(self, index: int, rate: float):
         """Per-sample stochastic depth on a whole block: ``x + keep / (1 - rate) * (block(x) - x)``.
 
         A forward hook (not a wrapper module), so the encoder's parameter names stay those of the
-        pretrained checkpoint. Active in training mode only.
+        pretrained checkpoint. Active in training mode only. Sample ``b`` keeps block ``index`` when
+        ``noise[b, index] >= rate``: the trainer passes its per-step noise (a function of seed and
+        step), so a resumed run drops exactly the blocks the uninterrupted run dropped; without
+        noise the global torch RNG is used.
         """
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             if not module.training or rate <= 0.0:
                 return output
             x = args[0]
-            keep = x.new_empty(x.shape[0], 1, 1).bernoulli_(1.0 - rate) / (1.0 - rate)
+            noise = self._drop_noise
+            u = noise[:, index] if noise is not None else torch.rand(x.shape[0], device=x.device)
+            keep = (u >= rate).to(x.dtype)[:, None, None] / (1.0 - rate)
             return x + (output - x) * keep
 
         return hook
@@ -162,8 +167,15 @@ class AudioClassifier(nn.Module):
             tokens = self.encoder.run(self.encoder.embed(x))  # (B, 1 + L, D)
         return tokens[:, 1:].mean(dim=1) if self.config.pooling == "mean" else tokens[:, 0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, C)``; ``noise`` ``(B, >= depth)`` uniforms drive drop path when training."""
+        if noise is not None and noise.shape[1] < len(self.encoder.blocks):
+            raise ValueError(f"drop-path noise needs >= {len(self.encoder.blocks)} columns, got {noise.shape[1]}")
+        self._drop_noise = noise
+        try:
+            return self.head(self.features(x))
+        finally:
+            self._drop_noise = None
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax (multiclass) or sigmoid (multilabel) of logits ``(B, C)``."""

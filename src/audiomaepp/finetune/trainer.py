@@ -48,7 +48,9 @@ TEST_FILE = "test.json"
 
 # ---- loss and optimiser groups ---------------------------------------------------------------------------
 class ClassifierLoss(nn.Module):
-    """``(x, y) -> loss``: soft-target cross-entropy with label smoothing, or BCE for multilabel.
+    """``(x, y, noise) -> loss``: soft-target cross-entropy with label smoothing, or BCE for multilabel.
+
+    ``noise`` ``(B, 250)``: the trainer's per-step uniforms, which drive drop path (see the model).
 
     ``y`` ``(B, C)`` are (mixup-)soft targets; smoothing mixes them with the uniform distribution,
     as timm's ``SoftTargetCrossEntropy`` after ``Mixup(label_smoothing=...)``.
@@ -60,8 +62,8 @@ class ClassifierLoss(nn.Module):
         self.multiclass = model.config.prediction_type == "multiclass"
         self.smoothing = label_smoothing
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x).float()  # (B, C); the loss in fp32 under autocast
+    def forward(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model(x, noise).float()  # (B, C); the loss in fp32 under autocast
         if self.multiclass:
             target = y * (1.0 - self.smoothing) + self.smoothing / y.shape[1]
             return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
@@ -155,7 +157,7 @@ class FinetuneTrainer(Trainer):
         return ClassifierLoss(self.model, self.ft.label_smoothing)
 
     def loss_inputs(self, batch: Any, noise: torch.Tensor) -> tuple[Any, ...]:
-        return (batch["x"].to(self.device, non_blocking=True), batch["y"].to(self.device, non_blocking=True))
+        return (batch["x"].to(self.device, non_blocking=True), batch["y"].to(self.device, non_blocking=True), noise)
 
     def after_step(self) -> dict[str, float] | None:
         """Validate every ``eval_every`` steps and at the end; keep the best classifier in ``best/``."""

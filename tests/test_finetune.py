@@ -1,0 +1,345 @@
+"""Fine-tuning: the recipe's pieces, the trainer on the shared loop, the classifier directory, the
+``finetune`` / ``predict`` commands and ``evaluate --mode finetune``. Micro models, tiny tone tasks
+(0.5-s clips whose tone frequency is the label), a few dozen steps: CPU only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiomaepp import AudioMAE
+from audiomaepp.cli.main import main
+from audiomaepp.errors import CheckpointError
+from audiomaepp.finetune import (
+    AudioClassifier,
+    FinetuneConfig,
+    LabelledSplit,
+    build_classifier,
+    finetune,
+    load_task,
+)
+from audiomaepp.finetune.augment import spec_augment
+from audiomaepp.finetune.data import (
+    LabelledCropDataset,
+    clip_logmel,
+    clip_windows,
+    sampling_weights,
+    window_starts,
+)
+from audiomaepp.finetune.trainer import ClassifierLoss, layer_decay_groups
+from audiomaepp.training.schedule import lr_at
+
+from .conftest import micro_config
+
+SR = 16_000
+FREQS = {"low": 300.0, "mid": 1200.0, "high": 4000.0}
+MICRO = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+
+
+def tone(rng: np.random.Generator, labels: list[str], seconds: float = 0.5, sr: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.01 * rng.standard_normal(len(t))
+    for lab in labels:
+        x += rng.uniform(0.2, 0.4) * np.sin(2 * np.pi * FREQS[lab] * (1 + rng.uniform(-0.02, 0.02)) * t)
+    return x.astype(np.float32)
+
+
+def write_task(root: Path, splits: dict[str, int], mode: str = "trainvaltest", seed: int = 0) -> Path:
+    """A HEAR multiclass task: ``splits[name]`` clips per split, classes in turn."""
+    rng = np.random.default_rng(seed)
+    labels = list(FREQS)
+    root.mkdir(parents=True)
+    meta = {"task_name": root.name, "embedding_type": "scene", "prediction_type": "multiclass",
+            "split_mode": mode, "nfolds": None if mode == "trainvaltest" else len(splits),
+            "evaluation": ["top1_acc"]}
+    (root / "task_metadata.json").write_text(json.dumps(meta))
+    (root / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{x}\n" for i, x in enumerate(labels)))
+    for split, n in splits.items():
+        (root / "16000" / split).mkdir(parents=True)
+        entries = {}
+        for i in range(n):
+            lab = labels[i % 3]
+            sf.write(root / "16000" / split / f"{i:03d}.wav", tone(rng, [lab]), SR)
+            entries[f"{i:03d}.wav"] = [lab]
+        (root / f"{split}.json").write_text(json.dumps(entries))
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a CPU shared with other jobs, two threads spin-wait and run ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> Path:
+    return write_task(tmp_path_factory.mktemp("ft") / "tones", {"train": 24, "valid": 9, "test": 15})
+
+
+def quick(task: Path, out: Path, **changes) -> FinetuneConfig:
+    """A micro random-init model, small batches, few steps, no workers or progress bars."""
+    base = dict(model="random:tiny", model_overrides=MICRO, task=str(task), out_dir=str(out), batch_size=8,
+                lr=2e-3, max_steps=24, warmup_epochs=1.0, epochs=8, num_workers=0, progress=False, seed=0)
+    return FinetuneConfig(**{**base, **changes})
+
+
+# ---- recipe pieces ------------------------------------------------------------------------------------------
+def test_window_starts_cover_the_clip_without_padding_windows():
+    assert window_starts(50) == [0]  # short: one zero-padded window
+    assert window_starts(201) == [0]  # a 1-frame tail is dropped
+    assert window_starts(400) == [0, 200]
+    assert window_starts(701) == [0, 200, 400, 501]  # a >= 1-s tail: the clip's last 200 frames
+    lms = torch.randn(330, 80)
+    wins = clip_windows(lms)
+    assert wins.shape == (2, 1, 200, 80)
+    assert torch.equal(wins[1, 0], lms[130:])
+
+
+def test_sampling_weights_balance_rare_labels():
+    y = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    w = sampling_weights(y)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[3] == pytest.approx(w[:3].sum())  # the one rare clip is drawn as often as all common ones
+
+
+def test_spec_augment_masks_one_band_and_one_span():
+    rng = np.random.default_rng(0)
+    x = torch.ones(200, 80)
+    out = spec_augment(x, rng, freq_mask=30, time_mask=40)
+    zero_cols = (out == 0).all(dim=0).sum().item()
+    zero_rows = (out == 0).all(dim=1).sum().item()
+    assert 0 < zero_cols <= 30 and 0 < zero_rows <= 40
+    assert torch.equal(spec_augment(x, rng, 0, 0), x)
+    assert torch.equal(x, torch.ones(200, 80))  # the input is not modified
+
+
+def test_layer_decay_scales_earlier_layers_down():
+    clf = build_classifier("random:tiny", ["a", "b"], "multiclass", overrides=MICRO)
+    groups = layer_decay_groups(clf, 0.05, 0.5)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert scale["head.fc.weight"] == 1.0 and scale["encoder.norm.weight"] == 1.0
+    assert scale["encoder.blocks.1.attn.qkv.weight"] == 0.5
+    assert scale["encoder.blocks.0.attn.qkv.weight"] == 0.25
+    assert scale["encoder.patch_embed.proj.weight"] == 0.125
+    assert "encoder.pos_embed" not in scale  # the fixed table is not optimised
+    decays = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert decays["head.fc.weight"] == 0.05 and decays["head.fc.bias"] == 0.0
+
+
+def test_encoder_weights_are_loaded_exactly_and_drop_path_only_trains(tmp_path):
+    torch.manual_seed(3)
+    mae = AudioMAE(micro_config())
+    mae.save_pretrained(tmp_path / "enc")
+    clf = build_classifier(str(tmp_path / "enc"), ["a", "b", "c"], "multiclass", drop_path=0.5)
+    for k, v in mae.encoder.state_dict().items():
+        assert torch.equal(clf.encoder.state_dict()[k], v), k
+    x = torch.randn(3, 1, 200, 80)
+    clf.eval()
+    with torch.no_grad():
+        assert torch.allclose(clf.features(x), mae.encode(x).mean(dim=1), atol=1e-6)
+        clf.train()
+        torch.manual_seed(0)
+        a = clf.features(x)
+        torch.manual_seed(1)
+        b = clf.features(x)
+    assert not torch.allclose(a, b)  # stochastic depth draws differ in training mode
+
+
+def test_classifier_directory_round_trip_and_refusals(tmp_path):
+    clf = build_classifier("random:tiny", ["dog", "cat"], "multilabel", overrides=MICRO, pooling="cls")
+    clf.save_pretrained(tmp_path / "clf")
+    assert json.loads((tmp_path / "clf" / "labels.json").read_text()) == ["dog", "cat"]
+    same = AudioClassifier.from_pretrained(tmp_path / "clf")
+    x = torch.randn(2, 1, 200, 80)
+    with torch.no_grad():
+        assert torch.equal(same(x), clf.eval()(x))
+    assert same.config.pooling == "cls" and same.config.prediction_type == "multilabel"
+    AudioMAE(micro_config()).save_pretrained(tmp_path / "enc")
+    with pytest.raises(CheckpointError, match="classifier"):
+        AudioClassifier.from_pretrained(tmp_path / "enc")
+
+
+# ---- training ---------------------------------------------------------------------------------------------------
+def test_finetune_beats_chance_and_writes_a_loadable_classifier(tones, tmp_path):
+    result = finetune(quick(tones, tmp_path / "run", max_steps=48))
+    assert result.finished
+    top1 = result.mean["top1_acc"]
+    assert top1 >= 0.8, f"top-1 {top1} on an easy 3-class task (chance 0.33)"
+    for name in ("report.md", "report.json", "per_class.png", "metrics.jsonl", "best/labels.json", "test.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    doc = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(doc["mean"]) >= {"top1_acc", "mAP", "d_prime"}
+    assert set(doc["per_class_ap"]) == set(FREQS)
+    assert np.sum(doc["confusion"]) == 15
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "valid_top1_acc" in r] == list(range(3, 49, 3))  # every epoch
+    clf = AudioClassifier.from_pretrained(result.model_dir)
+    rng = np.random.default_rng(9)
+    hits = [clf.predict(tone(rng, [lab], 1.3), SR).labels == [lab] for lab in FREQS for _ in range(3)]
+    assert sum(hits) >= 7
+
+
+def test_frozen_mode_equals_a_probe_trained_on_the_same_features(tones, tmp_path):
+    steps, n_train = 5, 24
+    cfg = quick(tones, tmp_path / "frozen", linear_probe=True, mixup=0.0, freq_mask=0, time_mask=0,
+                batch_size=n_train, max_steps=steps, epochs=steps, warmup_epochs=2.0, lr=5e-2)
+    result = finetune(cfg)
+    trained = AudioClassifier.from_pretrained(tmp_path / "frozen" / "model")  # the last step's weights
+    # the same start, then the head alone trained by hand on precomputed features
+    start = build_classifier(cfg.model, load_task(tones).labels, "multiclass", linear_probe=True,
+                             seed=cfg.seed, overrides=MICRO)
+    for k, v in start.encoder.state_dict().items():
+        assert torch.equal(trained.encoder.state_dict()[k], v), f"frozen encoder changed: {k}"
+    task = load_task(tones)
+    split = task.splits["train"]
+    with torch.no_grad():
+        feats = start.eval().features(torch.cat([clip_windows(clip_logmel(sf.read(p, dtype="float32")[0]))
+                                                 for p in split.paths]))
+    head = start.head
+    opt = torch.optim.AdamW([{"params": [head.fc.weight], "weight_decay": cfg.weight_decay},
+                             {"params": [head.norm.weight, head.norm.bias, head.fc.bias], "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+    y = torch.from_numpy(split.targets)
+    smooth = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / y.shape[1]
+    warmup = round(steps * cfg.warmup_epochs / cfg.epochs)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.lr, warmup, steps, cfg.min_lr)
+        loss = -(smooth * head(feats).log_softmax(-1)).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for name, p in head.state_dict().items():
+        assert torch.allclose(trained.head.state_dict()[name], p, atol=1e-5), name
+    assert result.finished
+
+
+def test_resume_mid_run_gives_the_same_final_metrics(tones, tmp_path):
+    whole = finetune(quick(tones, tmp_path / "whole", eval_every=4, save_every=4))
+    first = finetune(quick(tones, tmp_path / "split", eval_every=4, save_every=4, stop_after=10))
+    assert not first.finished and not (tmp_path / "split" / "report.json").exists()
+    second = finetune(quick(tones, tmp_path / "split", eval_every=4, save_every=4, resume="auto"))
+    assert second.finished
+    assert second.folds[0].test == whole.folds[0].test
+    assert second.folds[0].best_step == whole.folds[0].best_step
+    a = AudioClassifier.from_pretrained(tmp_path / "whole" / "model").state_dict()
+    b = AudioClassifier.from_pretrained(tmp_path / "split" / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_converted_release_checkpoint_finetunes(converted_dir, tones, tmp_path):
+    clf = build_classifier(str(converted_dir), ["low", "mid", "high"], "multiclass")
+    mae = AudioMAE.from_pretrained(converted_dir)
+    assert all(torch.equal(clf.encoder.state_dict()[k], v) for k, v in mae.encoder.state_dict().items())
+    result = finetune(quick(tones, tmp_path / "rel", model=str(converted_dir), model_overrides={},
+                           max_steps=3, batch_size=4, eval_every=3))
+    assert result.finished and 0.0 <= result.mean["top1_acc"] <= 1.0
+    tuned = AudioClassifier.from_pretrained(tmp_path / "rel" / "model")
+    assert tuned.config.encoder == mae.config
+    assert not torch.equal(tuned.encoder.blocks[-1].attn.qkv.weight, mae.encoder.blocks[-1].attn.qkv.weight)
+
+
+def test_kfold_task_runs_every_fold_and_reports_the_mean(tmp_path):
+    task = write_task(tmp_path / "kf", {"fold00": 9, "fold01": 9, "fold02": 9}, mode="new_split_kfold")
+    result = finetune(quick(task, tmp_path / "run", max_steps=4))
+    assert [f.fold for f in result.folds] == ["fold00", "fold01", "fold02"]
+    assert [f.valid for f in result.folds] == ["fold01", "fold02", "fold00"]
+    doc = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert doc["mean"]["top1_acc"] == pytest.approx(np.mean([f.test["top1_acc"] for f in result.folds]))
+    assert all((tmp_path / "run" / "folds" / f / "best" / "model.safetensors").is_file()
+               for f in ("fold00", "fold01", "fold02"))
+
+
+def test_csv_manifest_multilabel_with_weighted_sampling(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(30):
+        labels = ["low", "mid"] if i % 3 == 0 else (["high"] if i % 3 == 1 else ["low"])
+        sf.write(tmp_path / f"c{i}.wav", tone(rng, labels), SR)
+        rows.append(f"c{i}.wav,{';'.join(labels)}")
+    (tmp_path / "set.csv").write_text("path,labels\n" + "\n".join(rows) + "\n")
+    task = load_task(tmp_path / "set.csv")
+    assert task.prediction_type == "multilabel" and task.primary_metric == "mAP"
+    assert sum(len(s) for s in task.splits.values()) == 30
+    result = finetune(quick(tmp_path / "set.csv", tmp_path / "run", max_steps=6))
+    assert result.finished and not math.isnan(result.mean["mAP"])
+
+
+def test_weighted_sampling_draws_rare_classes_as_often_as_common_ones():
+    y = np.zeros((30, 3), dtype=np.float32)
+    y[:20, 0], y[20:25, 1], y[25:, 2] = 1, 1, 1  # 4 : 1 : 1
+    split = LabelledSplit([Path(f"{i}.wav") for i in range(30)], y)
+    plain = y[LabelledCropDataset(split, 600).order(0)].sum(axis=0)
+    weighted = y[LabelledCropDataset(split, 600, weights=sampling_weights(y)).order(0)].sum(axis=0)
+    assert plain.tolist() == [400, 100, 100]  # permutations: every clip once per pass
+    assert weighted.max() / weighted.min() < 1.3
+
+
+def test_finetune_cli(tones, tmp_path, capsys):
+    rc = main(["finetune", "--model", "random:tiny", "--task", str(tones), "--out", str(tmp_path / "run"),
+               "--model-set", "embed_dim=32", "--model-set", "depth=2", "--model-set", "num_heads=2",
+               "--max-steps", "3", "--batch-size", "8", "--num-workers", "0", "--no-progress"])
+    assert rc == 0
+    assert "Fine-tuning report: tones" in capsys.readouterr().out
+    rc = main(["finetune", "--model", str(tmp_path / "nope"), "--task", str(tones), "--out", str(tmp_path / "x"),
+               "--num-workers", "0"])
+    assert rc == 2
+
+
+# ---- predict -------------------------------------------------------------------------------------------------------
+def test_predict_long_short_stereo_44k_and_corrupt_files(tmp_path, capsys):
+    clf = build_classifier("random:tiny", list(FREQS), "multiclass", overrides=MICRO)
+    clf.save_pretrained(tmp_path / "clf")
+    rng = np.random.default_rng(0)
+    d = tmp_path / "in"
+    d.mkdir()
+    sf.write(d / "long.wav", tone(rng, ["low"], 7.0), SR)  # 701 frames: 4 windows
+    sf.write(d / "short.flac", tone(rng, ["mid"], 0.3), SR)  # 1 zero-padded window
+    stereo = np.stack([tone(rng, ["high"], 3.0, 44_100), tone(rng, ["high"], 3.0, 44_100)], axis=1)
+    sf.write(d / "stereo44k.wav", stereo, 44_100)  # 301 frames at 16 kHz: 2 windows
+    (d / "corrupt.wav").write_bytes(b"RIFF\x00\x01garbage" * 10)
+    (d / "empty.wav").write_bytes(b"")
+    out = tmp_path / "preds.csv"
+    rc = main(["predict", str(tmp_path / "clf"), str(d), "--out", str(out), "--segments", "--top-k", "2",
+               "--workers", "1"])
+    assert rc == 0
+    rows = list(csv.DictReader(out.open()))
+    by_file: dict[str, list[dict]] = {}
+    for r in rows:
+        by_file.setdefault(Path(r["path"]).name, []).append(r)
+    assert sorted(by_file) == ["long.wav", "short.flac", "stereo44k.wav"]
+    assert [len(v) - 1 for v in (by_file["long.wav"], by_file["short.flac"], by_file["stereo44k.wav"])] == [4, 1, 2]
+    assert [r["start_s"] for r in by_file["long.wav"][1:]] == ["0.00", "2.00", "4.00", "5.01"]
+    skipped = list(csv.DictReader(out.with_suffix(".skipped.csv").open()))
+    assert sorted(Path(r["path"]).name for r in skipped) == ["corrupt.wav", "empty.wav"]
+    assert all(r["reason"] for r in skipped)
+    # the CLI and the Python API agree on the stereo 44.1 kHz file
+    wave, sr = sf.read(d / "stereo44k.wav", dtype="float32")
+    pred = clf.predict(wave, sr)
+    clip_row = by_file["stereo44k.wav"][0]
+    assert clip_row["segment"] == "clip" and clip_row["predicted"] == pred.labels[0]
+    assert float(clip_row["score_1"]) == pytest.approx(pred.top(1)[0][1], abs=1e-4)
+    assert np.allclose(pred.segment_scores.mean(axis=0), [pred.scores[x] for x in clf.labels])
+    assert main(["predict", str(tmp_path / "clf"), str(d / "corrupt.wav"), "--out", str(tmp_path / "p2.csv"),
+                 "--workers", "1"]) == 1  # nothing readable: failure exit, still no crash
+
+
+def test_loss_is_soft_cross_entropy_with_smoothing():
+    clf = build_classifier("random:tiny", ["a", "b", "c"], "multiclass", overrides=MICRO)
+    loss = ClassifierLoss(clf, 0.1)
+    x = torch.randn(2, 1, 200, 80)
+    y = torch.tensor([[1.0, 0, 0], [0.3, 0.7, 0]])
+    logits = clf(x)
+    target = y * 0.9 + 0.1 / 3
+    assert torch.allclose(loss(x, y), -(target * logits.log_softmax(-1)).sum(-1).mean(), atol=1e-6)
