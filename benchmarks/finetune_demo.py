@@ -42,13 +42,15 @@ def pretrain_phase(out: Path, steps: int, seed: int) -> Path:
     return result.model_dir
 
 
-def finetune_phase(out: Path, epochs: int, folds: list[str] | None, seed: int, batch: int) -> dict:
+def finetune_phase(out: Path, epochs: int, folds: list[str] | None, seed: int, batch: int,
+                   which: list[str]) -> dict:
     from audiomaepp.demo import DEMO_MODEL
     from audiomaepp.finetune import FinetuneConfig, finetune
     from audiomaepp.synth import CorpusConfig, generate_corpus
 
     corpus = generate_corpus(out / "corpus", CorpusConfig(seed=seed), progress=False)
     encoders = {"pretrained (demo AudioMAE++)": str(out / "pretrain" / "model"), "random init": "random:tiny"}
+    encoders = {k: v for k, v in encoders.items() if k.split()[0] in which}
     rows = []
     for task_name, task_dir in corpus.task_dirs.items():
         for enc_name, model in encoders.items():
@@ -91,6 +93,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--folds", nargs="*", default=None, help="test folds of k-fold tasks (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--encoders", nargs="+", default=["pretrained", "random"], choices=["pretrained", "random"],
+                    help="which encoders to fine-tune (finished runs are reused, so a later full run is cheap)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 is much faster than 2 on a machine shared with other jobs)")
     args = ap.parse_args()
@@ -100,7 +104,7 @@ def main() -> None:
     if args.phase == "pretrain":
         pretrain_phase(out, args.steps, args.seed)
         return
-    doc = finetune_phase(out, args.epochs, args.folds, args.seed, args.batch_size)
+    doc = finetune_phase(out, args.epochs, args.folds, args.seed, args.batch_size, args.encoders)
     doc["device"] = {**device_info(torch.device("cpu")), "torch_threads": torch.get_num_threads()}
     doc["pretrain_steps"] = json.loads((out / "pretrain" / "result.json").read_text())["step"]
     doc["table"] = table(doc)

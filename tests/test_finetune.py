@@ -343,3 +343,22 @@ def test_loss_is_soft_cross_entropy_with_smoothing():
     logits = clf(x)
     target = y * 0.9 + 0.1 / 3
     assert torch.allclose(loss(x, y), -(target * logits.log_softmax(-1)).sum(-1).mean(), atol=1e-6)
+
+
+def test_evaluate_mode_finetune_and_probe_share_one_report(tones, tmp_path, capsys):
+    torch.manual_seed(0)
+    AudioMAE(micro_config()).save_pretrained(tmp_path / "enc")
+    (tmp_path / "ft.json").write_text(json.dumps({"max_steps": 6, "batch_size": 8, "num_workers": 0, "lr": 2e-3}))
+    rc = main(["evaluate", "--tasks", str(tones), "--models", str(tmp_path / "enc"), "--mode", "finetune", "probe",
+               "--seeds", "2", "--ft-config", str(tmp_path / "ft.json"), "--max-epochs", "6", "--quiet",
+               "--out", str(tmp_path / "eval")])
+    assert rc == 0
+    assert "enc [finetune]" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert doc["models"] == ["enc [finetune]", "enc [probe]"]
+    row = doc["results"]["enc [finetune]"]["tones"]
+    assert row["seeds"] == [0, 1] and row["primary_metric"] == "top1_acc"
+    for seed, score in zip(row["seeds"], row["seed_scores"], strict=True):  # each seed is one finetune run
+        run = tmp_path / "eval" / "finetune_runs" / "enc_finetune_" / "tones" / f"seed{seed}"
+        assert json.loads((run / "test.json").read_text())["test"]["top1_acc"] == pytest.approx(score)
+    assert (tmp_path / "eval" / "results.md").is_file()
