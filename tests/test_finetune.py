@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +363,29 @@ def test_evaluate_mode_finetune_and_probe_share_one_report(tones, tmp_path, caps
         run = tmp_path / "eval" / "finetune_runs" / "enc_finetune_" / "tones" / f"seed{seed}"
         assert json.loads((run / "test.json").read_text())["test"]["top1_acc"] == pytest.approx(score)
     assert (tmp_path / "eval" / "results.md").is_file()
+
+
+def test_torchrun_two_ranks_match_one_process(tones, tmp_path):
+    """DDP through the real launcher: 2 ranks x 4 reproduce 1 process x (2 micro-steps of 4)."""
+    from audiomaepp.training import read_metrics
+    from tests.test_training_utils import free_port, start, wait
+
+    ref = finetune(quick(tones, tmp_path / "one", max_steps=6, per_device_batch=4, log_every=1))
+    assert ref.finished
+    flags = ["finetune", "--model", "random:tiny", "--task", str(tones), "--out", str(tmp_path / "two"),
+             "--max-steps", "6", "--batch-size", "8", "--per-device-batch", "4", "--lr", "2e-3",
+             "--warmup-epochs", "1", "--epochs", "8", "--num-workers", "0", "--log-every", "1", "--no-progress",
+             *[x for k, v in MICRO.items() for x in ("--model-set", f"{k}={v}")]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "audiomaepp.cli.main", *flags]
+    log = tmp_path / "log.txt"
+    assert wait(start(cmd, log, OMP_NUM_THREADS="1"), log, 240) == 0, log.read_text()[-4000:]
+
+    def losses(run: Path) -> list[float]:
+        return [r["loss"] for r in read_metrics(run) if "loss" in r]
+
+    assert '"world_size": 2' in (tmp_path / "two" / "plan.json").read_text()
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    a = AudioClassifier.from_pretrained(tmp_path / "one" / "model").head.fc.weight
+    b = AudioClassifier.from_pretrained(tmp_path / "two" / "model").head.fc.weight
+    assert torch.allclose(a, b, atol=1e-4)

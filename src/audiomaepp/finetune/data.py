@@ -249,8 +249,10 @@ class LabelledCropDataset(IterableDataset):
     """This rank's training crops of one epoch: ``{"x": (1, 200, 80), "y": (C,)}`` dicts.
 
     The epoch's order is a permutation of the training clips (or, with ``weights``, draws with
-    replacement) from ``(seed, epoch)``, cycled up to ``samples_per_epoch``; rank ``r`` takes
-    every ``world_size``-th position. Every random choice of the sample at position ``p`` (crop,
+    replacement) from ``(seed, epoch)``, cycled up to ``samples_per_epoch``. Each optimizer step's
+    global batch is cut into ``world_size`` contiguous parts of ``rank_batch`` samples, rank ``r``
+    taking the ``r``-th (the layout the trainer's per-sample noise rows assume), so 2 ranks see
+    the samples and noise 1 process sees. Every random choice of the sample at position ``p`` (crop,
     masks, mixup partner and weight) comes from ``(seed, epoch, p)``, so the stream does not
     depend on the number of workers or on resuming. Worker / resume arithmetic is the pretraining
     loader's (:func:`audiomaepp.data.loader.worker_plan`). A clip that cannot be decoded is logged
@@ -259,13 +261,14 @@ class LabelledCropDataset(IterableDataset):
 
     def __init__(self, split: LabelledSplit, samples_per_epoch: int, *, rank: int = 0, world_size: int = 1,
                  seed: int = 0, weights: np.ndarray | None = None, augment: CropAugment | None = None,
-                 cache_mb: float = 1024.0) -> None:
+                 rank_batch: int = 1, cache_mb: float = 1024.0) -> None:
         super().__init__()
         if len(split) == 0:
             raise ValueError("no training clips")
         self.split = split
         self.samples_per_epoch = samples_per_epoch
         self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.rank_batch = rank_batch  # samples of one optimizer step on this rank (global batch / world)
         self.weights = weights
         self.augment = augment or CropAugment()
         self.batch_size = 1  # set by make_loader; maps start_index onto workers
@@ -302,8 +305,13 @@ class LabelledCropDataset(IterableDataset):
         local = ([p for j in batches for p in range(j * self.batch_size, min(n, (j + 1) * self.batch_size))]
                  if workers > 1 else list(range(n)))
         order = self.order(epoch)
-        for p in local[skip : skip + count]:
-            yield self.sample(order, epoch, p * self.world_size + self.rank)
+        for q in local[skip : skip + count]:
+            yield self.sample(order, epoch, self.global_position(q))
+
+    def global_position(self, q: int) -> int:
+        """Position in the epoch's order of this rank's ``q``-th sample."""
+        b = self.rank_batch
+        return (q // b) * b * self.world_size + self.rank * b + q % b
 
     def _lms(self, order: np.ndarray, pos: int) -> tuple[torch.Tensor, int]:
         """The log-mel of the clip at ``pos`` (or of the next good one) and its index."""

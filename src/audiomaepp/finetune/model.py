@@ -283,13 +283,13 @@ def build_classifier(model: str, labels: Sequence[str], prediction_type: str, *,
 
     The head is initialised from ``seed`` after the encoder, so the same seed gives the same model.
     """
-    torch.manual_seed(seed)
     if model.startswith("random:"):
+        torch.manual_seed(seed)  # the encoder's init, as Embedder.random_init makes it
         mae = AudioMAE(AudioMAEConfig.preset(model.split(":", 1)[1], **(overrides or {})))
     else:
         path = Path(model)
         if not path.is_dir():
             raise CheckpointError(f"--model {model}: not a model directory nor random:<preset>")
         mae = AudioMAE.from_pretrained(path)
-        torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the head's init depends on the seed and the encoder's shape only
     return AudioClassifier.from_encoder(mae, labels, prediction_type, pooling, linear_probe, drop_path)

@@ -253,7 +253,7 @@ def run_fold(ft: FinetuneConfig, task: FinetuneTask, fold: Fold, run_dir: Path, 
     augment = CropAugment(ft.freq_mask, ft.time_mask, ft.mixup, ft.mixup_alpha)
     dataset = LabelledCropDataset(train, samples, rank=env.rank, world_size=env.world_size, seed=ft.seed,
                                   weights=sampling_weights(train.targets) if use_weights(ft, task) else None,
-                                  augment=augment)
+                                  augment=augment, rank_batch=ft.batch_size // env.world_size)
     trainer = FinetuneTrainer(cfg, env, dataset, model, ft, task, task.splits[fold.valid], eval_every)
     path = ckpt.resolve_resume(cfg.resume, run_dir)
     if path is not None:
