@@ -389,3 +389,30 @@ def test_torchrun_two_ranks_match_one_process(tones, tmp_path):
     a = AudioClassifier.from_pretrained(tmp_path / "one" / "model").head.fc.weight
     b = AudioClassifier.from_pretrained(tmp_path / "two" / "model").head.fc.weight
     assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_sigterm_checkpoints_and_the_cli_resumes(tones, tmp_path):
+    import signal
+    import time
+
+    from audiomaepp.training import list_checkpoints, read_metrics
+    from tests.test_training_utils import start, wait
+
+    run = tmp_path / "run"
+    flags = ["finetune", "--model", "random:tiny", "--task", str(tones), "--out", str(run), "--max-steps", "100000",
+             "--batch-size", "8", "--num-workers", "0", "--log-every", "1", "--save-every", "100000", "--no-progress",
+             *[x for k, v in MICRO.items() for x in ("--model-set", f"{k}={v}")]]
+    log = tmp_path / "log.txt"
+    proc = start([sys.executable, "-m", "audiomaepp.cli.main", *flags], log, OMP_NUM_THREADS="1")
+    deadline = time.monotonic() + 120
+    while len([r for r in read_metrics(run) if "loss" in r]) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert wait(proc, log, 120) == 0, log.read_text()[-3000:]
+    assert "SIGTERM received" in log.read_text()
+    (ckpt,) = list_checkpoints(run)
+    stopped = json.loads((ckpt / "state.json").read_text())["step"]
+    assert stopped >= 3
+    assert main([*flags, "--resume", "auto", "--stop-after", str(stopped + 2)]) == 0
+    assert max(r["step"] for r in read_metrics(run) if "loss" in r) == stopped + 2
