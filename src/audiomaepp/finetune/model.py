@@ -36,7 +36,6 @@ FORMAT = "audiomaepp-classifier/1"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 LABELS_NAME = "labels.json"
-WINDOW_S = 2.0  # seconds per evaluation window (200 frames)
 
 
 @dataclass

@@ -111,7 +111,7 @@ def score_split(model: AudioClassifier, evalset: EvalSet, batch_size: int, clips
     kept, scores = [], []
     n = len(evalset.split)
     for start in range(0, n, clips_per_call):
-        idx = [i for i in range(start, min(n, start + clips_per_call))]
+        idx = list(range(start, min(n, start + clips_per_call)))
         wins = [(i, evalset.windows(i)) for i in idx]
         wins = [(i, w) for i, w in wins if w is not None]
         for (i, _), s in zip(wins, model.window_scores([w for _, w in wins], batch_size), strict=True):
