@@ -43,7 +43,7 @@ def pretrain_phase(out: Path, steps: int, seed: int) -> Path:
 
 
 def finetune_phase(out: Path, epochs: int, folds: list[str] | None, seed: int, batch: int,
-                   which: list[str]) -> dict:
+                   which: list[str], modes: list[str]) -> dict:
     from audiomaepp.demo import DEMO_MODEL
     from audiomaepp.finetune import FinetuneConfig, finetune
     from audiomaepp.synth import CorpusConfig, generate_corpus
@@ -54,8 +54,11 @@ def finetune_phase(out: Path, epochs: int, folds: list[str] | None, seed: int, b
     rows = []
     for task_name, task_dir in corpus.task_dirs.items():
         for enc_name, model in encoders.items():
-            for mode, probe in (("fine-tuned", False), ("frozen probe", True)):
-                run = out / "finetune" / task_name / f"{'pre' if model != 'random:tiny' else 'rand'}_{mode[:2]}"
+            for mode, probe in (("fine-tuned", False), ("frozen encoder + head", True)):
+                if ("linear" if probe else "finetune") not in modes:
+                    continue
+                run = (out / "finetune" / f"e{epochs}" / task_name
+                       / f"{'pre' if model != 'random:tiny' else 'rand'}_{'fr' if probe else 'fi'}")
                 cfg = FinetuneConfig(model=model, model_overrides=dict(DEMO_MODEL), task=str(task_dir),
                                      out_dir=str(run), epochs=epochs, warmup_epochs=max(1.0, epochs / 10),
                                      batch_size=batch, num_workers=0, seed=seed, linear_probe=probe,
@@ -68,6 +71,30 @@ def finetune_phase(out: Path, epochs: int, folds: list[str] | None, seed: int, b
                              "seconds": round(time.perf_counter() - t0, 1)})
                 print(json.dumps(rows[-1]))
     return {"epochs": epochs, "batch_size": batch, "seed": seed, "rows": rows}
+
+
+def probe_phase(out: Path, seed: int, seeds: int) -> dict:
+    """The paper's MLP probe on frozen scene embeddings of both encoders (as ``audiomaepp demo`` runs it)."""
+    from audiomaepp.demo import DEMO_MODEL
+    from audiomaepp.embedding import Embedder
+    from audiomaepp.evaluation import run_evaluation
+    from audiomaepp.synth import CorpusConfig, generate_corpus
+
+    corpus = generate_corpus(out / "corpus", CorpusConfig(seed=seed), progress=False)
+    pre = Embedder.from_dir(out / "pretrain" / "model", device="cpu")
+    pre.name = "pretrained (demo AudioMAE++)"
+    rand = Embedder.random_init("tiny", seed=seed, device="cpu", **DEMO_MODEL)
+    rand.name = "random init"
+    result = run_evaluation([pre, rand], list(corpus.task_dirs.values()), out_dir=out / "probe_report",
+                            seeds=seeds, cache_dir=out / "probe_cache", progress=False, max_epochs=300)
+    rows = []
+    for enc in result.models:
+        for task in result.tasks:
+            r = result.results[enc][task]
+            mean, ci = r.summary()
+            rows.append({"task": task, "encoder": enc, "mode": f"MLP probe ({seeds} seeds)", "primary": r.primary_metric,
+                         "score": mean, "ci95": ci, "folds": ["all"]})
+    return {"seeds": seeds, "rows": rows}
 
 
 def table(doc: dict) -> str:
@@ -86,7 +113,7 @@ def table(doc: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--phase", choices=["pretrain", "finetune"], required=True)
+    ap.add_argument("--phase", choices=["pretrain", "finetune", "probe"], required=True)
     ap.add_argument("--out", default="ftdemo_out")
     ap.add_argument("--steps", type=int, default=800, help="pretraining steps")
     ap.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
@@ -95,6 +122,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--encoders", nargs="+", default=["pretrained", "random"], choices=["pretrained", "random"],
                     help="which encoders to fine-tune (finished runs are reused, so a later full run is cheap)")
+    ap.add_argument("--modes", nargs="+", default=["finetune", "linear"], choices=["finetune", "linear"],
+                    help="finetune: encoder + head; linear: frozen encoder + head, same loop")
+    ap.add_argument("--probe-seeds", type=int, default=3, help="seeds of the MLP probe (phase probe)")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 is much faster than 2 on a machine shared with other jobs)")
     args = ap.parse_args()
@@ -104,12 +135,15 @@ def main() -> None:
     if args.phase == "pretrain":
         pretrain_phase(out, args.steps, args.seed)
         return
-    doc = finetune_phase(out, args.epochs, args.folds, args.seed, args.batch_size, args.encoders)
+    if args.phase == "probe":
+        doc = probe_phase(out, args.seed, args.probe_seeds)
+    else:
+        doc = finetune_phase(out, args.epochs, args.folds, args.seed, args.batch_size, args.encoders, args.modes)
     doc["device"] = {**device_info(torch.device("cpu")), "torch_threads": torch.get_num_threads()}
     doc["pretrain_steps"] = json.loads((out / "pretrain" / "result.json").read_text())["step"]
     doc["table"] = table(doc)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "finetune_demo_cpu.json").write_text(json.dumps(doc, indent=1))
+    (RESULTS / f"finetune_demo_{args.phase}{args.tag}_cpu.json").write_text(json.dumps(doc, indent=1))
     print(doc["table"])
 
 

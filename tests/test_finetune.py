@@ -416,3 +416,20 @@ def test_sigterm_checkpoints_and_the_cli_resumes(tones, tmp_path):
     assert stopped >= 3
     assert main([*flags, "--resume", "auto", "--stop-after", str(stopped + 2)]) == 0
     assert max(r["step"] for r in read_metrics(run) if "loss" in r) == stopped + 2
+
+
+def test_loader_workers_and_resume_position_do_not_change_the_stream(tones):
+    from audiomaepp.data import make_loader
+
+    split = load_task(tones).splits["train"]
+
+    def stream(workers: int, start: int = 0) -> torch.Tensor:
+        ds = LabelledCropDataset(split, 24, seed=5, rank_batch=4)
+        loader = make_loader(ds, 4, num_workers=workers, pin_memory=False, persistent_workers=False)
+        ds.set_epoch(2, start)
+        return torch.cat([b["x"].flatten(1) for b in loader])
+
+    one = stream(0)
+    assert one.shape[0] == 24
+    assert torch.equal(stream(2), one)
+    assert torch.equal(stream(2, start=8), one[8:])
