@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import logging
 import shutil
@@ -623,3 +624,135 @@ def test_tile_and_crop_semantics() -> None:
     start = int(a[0, 0]) // 2
     torch.testing.assert_close(a, y[start : start + 200])
     torch.testing.assert_close(a, b)
+
+
+# -------------------------------------------------------------------------------------------------
+# fault injection: corpus layout, dead workers, bad shard members
+# -------------------------------------------------------------------------------------------------
+
+
+def _folder_per_class(root: Path, classes: int, per_class: int, seconds: float = 0.2) -> Path:
+    rng = np.random.default_rng(3)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            sf.write(root / f"class{c}" / f"f{i:02d}.wav", _noise(rng, seconds, SR), SR)
+    return root
+
+
+def test_batches_mix_a_folder_per_class_corpus(tmp_path: Path) -> None:
+    """Fault: a corpus laid out one folder per class, shards about as large as the shuffle buffer.
+
+    Sorted writing filled each shard from one folder and a worker read one shard at a time, so a
+    batch held one or two classes. Kept: with the seeded permutation and interleaved shards a
+    batch of 8 draws from (nearly) all 4 classes.
+    """
+    audio = _folder_per_class(tmp_path / "audio", classes=4, per_class=16)
+    out = tmp_path / "shards"
+    prepare_shards([audio], out, _cfg(shard_size_mb=0.04), progress=False)
+    manifest = load_manifest(out)
+    assert manifest["clips"] == 64 and len(manifest["shards"]) >= 6  # ~8 clips per shard
+    distinct = []
+    for epoch in range(3):
+        ds = ShardDataset.from_dir(out, shuffle_buffer=8, with_keys=True, epoch=epoch)
+        keys = [k for _, k in ds]
+        assert len(keys) == 64
+        batches = [keys[i : i + 8] for i in range(0, 64, 8)]
+        distinct += [len({k.split("_")[0] for k in batch}) for batch in batches]
+    # a uniform draw of 8 from 4 equal classes averages ~3.6 distinct classes
+    assert np.mean(distinct) >= 3.2, distinct
+
+
+_KILL_ONE_WORKER = r"""
+import multiprocessing, os, signal, sys
+from audiomaepp.data import prepare as prep
+
+real_add, killed = prep._Writer.add, []
+
+def add(self, index, job, result):
+    if not killed:  # at the first result, SIGKILL one worker of the pool (mid-run)
+        child = multiprocessing.active_children()[0]
+        os.kill(child.pid, signal.SIGKILL)
+        killed.append(child.pid)
+    return real_add(self, index, job, result)
+
+prep._Writer.add = add
+cfg = prep.PrepareConfig(shard_size_mb=0.03, workers=2)
+report = prep.prepare_shards([sys.argv[1]], sys.argv[2], cfg, progress=False)
+print("KILLED", killed, "CLIPS", report.manifest["clips"])
+"""
+
+
+def test_sigkilled_prepare_worker_neither_hangs_nor_loses_files(
+    audio_dir: Path, prepared: Path, tmp_path: Path
+) -> None:
+    """Fault: SIGKILL a prepare worker process mid-run (as the kernel's OOM killer does).
+
+    ``Pool.imap`` blocked forever. Kept: the job finishes, the files in flight are retried and
+    stored, and the shards are byte-identical to an undisturbed run.
+    """
+    import subprocess
+    import sys
+
+    out = tmp_path / "shards"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_ONE_WORKER, str(audio_dir), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "KILLED [" in proc.stdout and "KILLED []" not in proc.stdout
+    assert load_manifest(out)["clips"] == len(GOOD)
+    assert not [s for s in load_manifest(out)["skipped"] if s["reason"] == "worker_failed"]
+    assert _shard_bytes(out) == _shard_bytes(prepared)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _bad_member_shard(path: Path) -> list[str]:
+    """One shard with a good clip between bad ones; returns the good keys."""
+    gen = torch.Generator().manual_seed(0)
+    good = lambda t: (torch.randn(t, 80, generator=gen) - 4).numpy()  # noqa: E731
+    w = ShardWriter(path)
+    w.add("good0", good(120), {})
+    w.add("wrongshape", np.zeros((120, 40), np.float16), {})
+    w.add("zeroframes", np.zeros((0, 80), np.float16), {})
+    nan = good(120)
+    nan[5, 7] = np.nan
+    w.add("nonfinite", nan, {})
+    w.add("inf", np.full((50, 80), np.inf, np.float16), {})
+    w._add("garbage.npy", b"\x93NUMPY garbage that is no array")
+    w._add("garbage.json", b"{}")
+    w._add("truncated.npy", _npy(np.zeros((300, 80), np.float16))[:2000])  # data cut short
+    w._add("truncated.json", b"{}")
+    w._add("int.npy", _npy(np.ones((120, 80), np.int16)))  # ShardWriter.add would cast it
+    w._add("int.json", b"{}")
+    w.add("good1", good(230), {})
+    w.commit()
+    return ["good0", "good1"]
+
+
+def test_bad_shard_members_are_skipped_and_never_reach_a_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault: members of the wrong shape or dtype, with zero frames, NaN/inf, garbage or truncated.
+
+    Kept: the worker lives on, every crop is a finite ``(1, 200, 80)``, only the good clips are
+    used, and each bad member is named in a warning.
+    """
+    good = _bad_member_shard(tmp_path / "shard-000000.tar")
+    ds = ShardDataset([tmp_path / "shard-000000.tar"], 12, shuffle_buffer=0, with_keys=True)
+    with caplog.at_level(logging.WARNING):
+        items = list(ds)
+    assert len(items) == 12 and {k for _, k in items} == set(good)
+    assert all(x.shape == (1, 200, 80) and bool(torch.isfinite(x).all()) for x, _ in items)
+    for bad in ("wrongshape", "zeroframes", "nonfinite", "inf", "garbage", "truncated", "int"):
+        warned = [r for r in caplog.records if f"clip {bad}:" in r.message]
+        assert len(warned) == 1, bad  # named once, not once per pass
+    loader = make_loader(ds, batch_size=4, num_workers=1, persistent_workers=False)
+    assert [tuple(b[0].shape) for b in loader] == [(4, 1, 200, 80)] * 3

@@ -62,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="skip clips shorter than this many seconds (default: %(default)s)",
     )
     p.add_argument(
+        "--seed",
+        type=int,
+        default=PrepareConfig.seed,
+        help="seed of the order files are dealt to shards (default: %(default)s)",
+    )
+    p.add_argument(
         "--merge",
         action="store_true",
         help="only merge the manifest-rNN.json parts in --out into manifest.json",
@@ -96,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         num_nodes=args.num_nodes,
         node_rank=args.node_rank,
         min_duration_s=args.min_duration,
+        seed=args.seed,
     )
     report = prepare_shards(
         args.inputs, args.out, cfg, overwrite=args.overwrite, progress=not args.no_progress

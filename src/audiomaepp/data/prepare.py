@@ -1,7 +1,8 @@
 """``prepare``: audio files -> webdataset shards of float16 log-mels plus a manifest.
 
 Pipeline: list the inputs (sorted) -> keep this node's files (``index % num_nodes == node_rank``)
--> a process pool decodes each file (``load_audio``: mono, 16 kHz) and computes the unnormalised
+-> put them in a permutation seeded by ``seed`` (so every shard mixes folders, classes and
+sources instead of holding one directory) -> a process pool decodes each file (``load_audio``: mono, 16 kHz) and computes the unnormalised
 log-mel of the whole clip (``log_mel``, ``(T, 80)``) -> the parent writes the results in input
 order, filling a shard until it reaches ``shard_size_mb`` -> ``manifest.json``.
 
@@ -11,14 +12,18 @@ Why each piece:
   model step; float16 halves the size (log-mels span about [-16, 20], float16 keeps ~3 digits).
 * Standardisation is *not* baked in: the loader standardises each whole clip at read time, so the
   same shards serve any normalisation choice.
-* Deterministic output: files are sorted and written in order, tar headers carry no time stamps,
-  so a given input list and config always gives the same shards, whatever ``workers`` is.
+* Deterministic output: files are sorted, permuted with a fixed seed and written in that order,
+  tar headers carry no time stamps, so a given input list and config always gives the same
+  shards, whatever ``workers`` is.
 * Resumable: a shard is written as ``NAME.tmp`` and renamed when complete, then recorded in
   ``progress.jsonl`` together with the range of input files it covers and the files skipped in
   that range. A re-run keeps every recorded shard whose size matches, deletes ``.tmp`` leftovers
   and continues after the last recorded file, so a half-written shard is simply redone.
 * Bad inputs never stop the job: decode errors, empty, non-finite, digitally silent (all samples
   0) and too-short files are recorded in the manifest with their reason and skipped.
+* Dead workers never hang it: the pool is :func:`audiomaepp.workers.imap_files`; a file whose
+  worker was killed (out of memory, a crash in a native decoder) is retried alone once, and if
+  its worker dies again it is recorded as skipped (``worker_failed``) while the job goes on.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ import hashlib
 import itertools
 import json
 import logging
-import multiprocessing as mp
 import os
+import random
 import re
 import time
 from collections import Counter
@@ -45,6 +50,7 @@ from ..audio import find_audio_files, load_audio
 from ..errors import AudioDecodeError, InvalidAudioError
 from ..fileio import atomic_write_bytes
 from ..frontend import SAMPLE_RATE, FrontendConfig, log_mel
+from ..workers import WorkFailed, imap_files
 from .shards import (
     FORMAT,
     FORMAT_VERSION,
@@ -71,7 +77,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Why a file can be skipped; the manifest's ``skipped[*].reason`` is one of these.
-SKIP_REASONS = ("decode_error", "empty", "non_finite", "silent", "too_short", "error")
+SKIP_REASONS = (
+    "decode_error",
+    "empty",
+    "non_finite",
+    "silent",
+    "too_short",
+    "error",
+    "worker_failed",
+)
 
 
 def default_workers() -> int:
@@ -92,8 +106,9 @@ class PrepareConfig:
     node_rank: int = 0  # which of those machines this is (0-based)
     # Under 0.1 s (< 11 frames) a clip is mostly padding; tiled 20x to a 2-s crop it teaches nothing.
     min_duration_s: float = 0.1
-    # Files per pool task: amortises inter-process overhead (~100 us) over a few ms of work each.
-    chunksize: int = 4
+    # Seeds the permutation that deals files to shards: sorted order would fill each shard from
+    # one folder (one class or source), and the loader's batches would follow.
+    seed: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` on impossible settings, naming the option."""
@@ -107,11 +122,12 @@ class PrepareConfig:
             raise ValueError(f"min_duration_s must be >= 0, got {self.min_duration_s}")
 
     def output_config(self) -> dict[str, Any]:
-        """The settings that change the shards' content (``workers`` and ``chunksize`` do not)."""
+        """The settings that change the shards' content (``workers`` does not)."""
         return {
             "shard_size_mb": self.shard_size_mb,
             "num_nodes": self.num_nodes,
             "min_duration_s": self.min_duration_s,
+            "seed": self.seed,
             "sample_rate": SAMPLE_RATE,
             "frontend": asdict(FrontendConfig()),
             "dtype": "float16",
@@ -199,21 +215,25 @@ def _init_worker() -> None:
 
 
 def _results(jobs: Sequence[_Job], cfg: PrepareConfig) -> Iterator[ClipResult]:
-    """Results of ``process_file`` for ``jobs``, in input order (a pool when ``workers > 1``)."""
-    if cfg.workers <= 1 or len(jobs) <= 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # per-clip STFTs are too small for threads; on a busy host they
-        try:  # spin and wait: measured 3.5x slower with 2 threads than with 1 on 2 loaded cores
-            for job in jobs:
-                yield process_file(job.path, cfg.min_duration_s)
-        finally:
-            torch.set_num_threads(threads)
-        return
-    # spawn: forking a parent that has used torch's thread pools can deadlock in the children.
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(min(cfg.workers, len(jobs)), initializer=_init_worker) as pool:
-        args = [(job.path, cfg.min_duration_s) for job in jobs]
-        yield from pool.imap(_process_star, args, chunksize=cfg.chunksize)
+    """Results of ``process_file`` for ``jobs``, in input order (worker processes when ``workers > 1``).
+
+    A file whose worker died twice (or whose processing raised) becomes a ``worker_failed`` skip.
+    """
+    args = [(job.path, cfg.min_duration_s) for job in jobs]
+    workers = cfg.workers if len(jobs) > 1 else 1
+    threads = torch.get_num_threads()
+    if workers <= 1:
+        # Per-clip STFTs are too small for threads; on a busy host they spin and wait (measured
+        # 3.5x slower with 2 threads than with 1 on 2 loaded cores).
+        torch.set_num_threads(1)
+    try:
+        for index, result in imap_files(_process_star, args, workers, initializer=_init_worker):
+            if isinstance(result, WorkFailed):
+                yield _skip("worker_failed", f"{jobs[index].path}: {result}")
+            else:
+                yield result
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _process_star(args: tuple[str, float]) -> ClipResult:
@@ -288,7 +308,8 @@ def _jobs(inputs: Sequence[str | Path], cfg: PrepareConfig) -> list[_Job]:
     rel = relative_names(files, inputs)
     absolute = [os.path.abspath(f) for f in files]
     keys = clip_keys(rel, absolute)
-    mine = range(cfg.node_rank, len(files), cfg.num_nodes)  # index % num_nodes == node_rank
+    mine = list(range(cfg.node_rank, len(files), cfg.num_nodes))  # index % num_nodes == node_rank
+    random.Random(cfg.seed).shuffle(mine)  # deal files to shards in a seeded, mixed order
     return [_Job(absolute[i], keys[i], rel[i]) for i in mine]
 
 
