@@ -70,11 +70,14 @@ class TrainState:
     nonfinite: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     train_config: dict[str, Any] = field(default_factory=dict)
+    # fields an older state.json did not record (not compared); not saved
+    unrecorded: tuple[str, ...] = field(default=(), compare=False)
 
     # ---- JSON ---------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """A flat JSON object (plus derived, human-friendly epoch / sample counts)."""
         doc = dataclasses.asdict(self)
+        del doc["unrecorded"]
         doc["betas"] = None if self.betas is None else list(self.betas)
         doc["epoch"], doc["step_in_epoch"] = divmod(self.step, self.steps_per_epoch)
         doc["samples_seen"] = self.step * self.global_batch
@@ -85,8 +88,10 @@ class TrainState:
         """Parse a ``state.json`` document; :class:`CheckpointError` names ``source`` and the field."""
         if not isinstance(doc, dict):
             raise CheckpointError(f"{source}: expected a JSON object, got {type(doc).__name__}")
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"unrecorded": tuple(n for n in _NEWER if n not in doc)}
         for f in dataclasses.fields(cls):
+            if f.name == "unrecorded":
+                continue
             if f.name not in doc:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     raise CheckpointError(f"{source}: missing field {f.name!r}")
@@ -101,7 +106,7 @@ class TrainState:
         """Raise if ``current`` (this run) differs in a recipe field; return layout warnings."""
         for name, fixes in RECIPE.items():
             saved, mine = getattr(self, name), getattr(current, name)
-            if saved is None and name in _NEWER:
+            if name in self.unrecorded:
                 continue  # an older checkpoint did not record it
             if not _same(saved, mine):
                 shown = "differs" if name == "model_config" else f"was {saved}, this run has {mine}"
@@ -138,7 +143,7 @@ def _checked(name: str, value: Any, source: str) -> Any:
         return CheckpointError(f"{source}: field {name!r} must be {want}, got {value!r}")
 
     is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if value is None and name in (*_NEWER, "clip_grad"):
+    if value is None and name == "clip_grad":
         return None
     if name in _INTS:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
