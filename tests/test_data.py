@@ -176,9 +176,9 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = prepare_mod.process_file
 
-    def counting(path: str, min_duration_s: float = 0.1) -> prepare_mod.ClipResult:
+    def counting(path: str, *args: object) -> prepare_mod.ClipResult:
         calls.append(path)
-        return real(path, min_duration_s)
+        return real(path, *args)
 
     monkeypatch.setattr(prepare_mod, "process_file", counting)
     return calls
@@ -752,3 +752,47 @@ def test_bad_shard_members_are_skipped_and_never_reach_a_batch(
         assert len(warned) == 1, bad  # named once, not once per pass
     loader = make_loader(ds, batch_size=4, num_workers=1, persistent_workers=False)
     assert [tuple(b[0].shape) for b in loader] == [(4, 1, 200, 80)] * 3
+
+
+def test_long_file_is_cut_into_segments_decoded_piece_by_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault: a 75-s file at 44.1 kHz among short clips (stands in for a 10-h recording).
+
+    Before: decoded and transformed whole (~1.2 GB per hour per worker) and stored as one member,
+    of which the loader took one 2-s crop per epoch. Kept: no read larger than one 30-s piece, three
+    members (30 + 30 + 15 s) whose log-mels match the whole-file decode, the manifest lists the
+    file as segmented, and an epoch takes a crop of every segment.
+    """
+    rng = np.random.default_rng(5)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "long.wav", _noise(rng, 75.0, 44_100), 44_100)
+    sf.write(audio / "short.wav", _noise(rng, 3.0, SR), SR)
+    reads: list[int] = []
+    real_read = sf.SoundFile.read
+
+    def read(self: sf.SoundFile, frames: int = -1, *args: object, **kw: object) -> np.ndarray:
+        reads.append(frames if frames >= 0 else self.frames)
+        return real_read(self, frames, *args, **kw)
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    out = tmp_path / "shards"
+    prepare_shards([audio], out, _cfg(segment_s=30.0, shard_size_mb=50), progress=False)
+    monkeypatch.undo()
+    assert reads and max(reads) <= 30 * 44_100  # never the whole 75-s file at once
+    manifest = load_manifest(out)
+    assert manifest["config"]["segment_s"] == 30.0
+    assert [(Path(s["path"]).name, s["segments"]) for s in manifest["segmented"]] == [("long.wav", 3)]
+    assert manifest["clips"] == 4  # 3 segments + the short clip
+    stored = _stored(out)
+    long_keys = sorted(k for k in stored if k.startswith("long"))
+    assert [k[-7:] for k in long_keys] == ["_s00000", "_s00001", "_s00002"]
+    whole = log_mel(torch.from_numpy(load_audio(audio / "long.wav")))[0, 0]  # (7501, 80)
+    assert [stored[k].shape[0] for k in long_keys] == [3001, 3001, 1501]
+    for i, k in enumerate(long_keys):  # away from the cut, a segment equals the whole decode
+        inner = stored[k][20:-20]
+        ref = whole[i * 3000 + 20 : i * 3000 + 20 + inner.shape[0]]
+        assert torch.allclose(inner, ref.to(torch.float16).float(), atol=0.05), k
+    ds = ShardDataset.from_dir(out, with_keys=True)
+    assert ds.samples_per_epoch == 4 and {k for _, k in ds} == set(stored)
