@@ -16,8 +16,12 @@ How one epoch is laid out, so that it is exact, disjoint and reproducible:
   shard take disjoint subsets of its clips (with fewer clips than sharers they wrap round, each
   taking one clip, so some clips repeat). A slot makes passes over its shards (in a new order
   each pass) until it has produced its count.
+* A slot reads ``interleave`` (8) of its shards at once, each next clip from a random one of
+  them, so its stream (and the shuffle buffer) mixes several shards, not one folder's worth.
 * A shard that cannot be read (missing, truncated, corrupt) is skipped for the pass with one
-  warning; a slot left with no readable clip raises an error naming its shards.
+  warning; a slot left with no readable clip raises an error naming its shards. A member that is
+  not a finite ``(T >= 1, 80)`` float array (wrong shape, zero frames, NaN, garbage) is skipped
+  with one warning naming it.
 * A shuffle buffer mixes clips within a slot's pass and is emptied at the end of the pass, so a
   pass yields each of the slot's clips exactly once. It holds ``(key, MemberRef)`` pairs (shard,
   offset, size), not the data, so a large buffer is cheap; a clip is read when it leaves the buffer.
