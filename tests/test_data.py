@@ -796,3 +796,44 @@ def test_long_file_is_cut_into_segments_decoded_piece_by_piece(
         assert torch.allclose(inner, ref.to(torch.float16).float(), atol=0.05), k
     ds = ShardDataset.from_dir(out, with_keys=True)
     assert ds.samples_per_epoch == 4 and {k for _, k in ds} == set(stored)
+
+
+_POISON_SCRIPT = r"""
+import os, signal, sys
+from audiomaepp.data import prepare as prep
+
+real = prep.process_file
+
+def process_file(path, *args):  # runs in every spawned worker too (this module is re-imported)
+    if path.endswith("b.flac"):
+        os.kill(os.getpid(), signal.SIGKILL)  # this file kills whichever worker decodes it
+    return real(path, *args)
+
+prep.process_file = process_file
+if __name__ == "__main__":
+    cfg = prep.PrepareConfig(shard_size_mb=0.03, workers=2)
+    prep.prepare_shards([sys.argv[1]], sys.argv[2], cfg, progress=False)
+"""
+
+
+def test_file_that_kills_its_worker_every_time_is_listed_as_failed(
+    audio_dir: Path, tmp_path: Path
+) -> None:
+    """Fault: one file SIGKILLs every worker that decodes it (a native decoder crash).
+
+    Kept: the job finishes; that file is retried once alone, then recorded as skipped with reason
+    ``worker_failed`` and the signal; every other good file is stored.
+    """
+    import sys
+
+    from tests.test_training_utils import start, wait
+
+    script, out, log = tmp_path / "poison.py", tmp_path / "shards", tmp_path / "log.txt"
+    script.write_text(_POISON_SCRIPT)
+    proc = start([sys.executable, str(script), str(audio_dir), str(out)], log)
+    assert wait(proc, log, timeout=180) == 0, log.read_text()[-3000:]
+    manifest = load_manifest(out)
+    failed = [s for s in manifest["skipped"] if s["reason"] == "worker_failed"]
+    assert [Path(s["path"]).name for s in failed] == ["b.flac"]
+    assert "SIGKILL" in failed[0]["detail"] and "2 runs" in failed[0]["detail"]
+    assert sorted(m["relpath"] for _, m in _clips(out).values()) == sorted(set(GOOD) - {"b.flac"})
