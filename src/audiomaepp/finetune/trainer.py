@@ -173,9 +173,9 @@ class FinetuneTrainer(Trainer):
             self.model.save_pretrained(self.run_dir / BEST_DIR)
         return {f"valid_{metric}": value, "best_valid": self.best_score}
 
-    def state(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, Any]:
         best = self.best_score if math.isfinite(self.best_score) else None
-        return {**super().state(), "finetune": {"best_score": best, "best_step": self.best_step}}
+        return {"finetune": {"best_score": best, "best_step": self.best_step}}
 
     def resume(self, path: Path) -> None:
         super().resume(path)
