@@ -98,6 +98,10 @@ class Encoder(nn.Module):
         """Patch tokens with positions, ``(B, L, D)``."""
         return self.patch_embed(x) + self.pos_embed[:, 1:]
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Unmasked encoding (feature extraction): log-mel ``(B, 1, 200, 80)`` -> ``(B, 1 + L, D)``."""
+        return self.run(self.embed(x))
+
     def run(self, tokens: torch.Tensor, patch_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Prepend cls, run the blocks and the final norm: ``(B, N, D)`` -> ``(B, 1 + N, D)``.
 
@@ -201,7 +205,7 @@ class AudioMAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """All 250 patch tokens without masking, cls dropped, time-major: ``(B, L, D)``."""
         self.check_input(x)
-        return self.encoder.run(self.encoder.embed(x))[:, 1:]
+        return self.encoder(x)[:, 1:]
 
     forward_features = encode  # timm-style alias
 
@@ -223,9 +227,17 @@ class AudioMAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> AudioMAE:
+        """A model directory, or a Hugging Face Hub repo id (``owner/name``, via the Hub cache)."""
+        from ..export.hub import resolve_model_dir
         from .io import load_pretrained
 
-        return load_pretrained(directory, map_location=map_location)
+        return load_pretrained(resolve_model_dir(directory), map_location=map_location)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload as a model directory with a generated model card (see :mod:`audiomaepp.export.hub`)."""
+        from ..export.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 def _stack_flops(depth: int, dim: int, tokens: int, block: str, mlp_ratio: float) -> float:
