@@ -215,6 +215,12 @@ class AudioMAE(nn.Module):
         module = self.encoder if encoder_only else self
         return sum(p.numel() for p in module.parameters())
 
+    def encoder_flops_per_chunk(self) -> float:
+        """Matmul FLOPs of feature extraction for one 2-s chunk: unmasked encoder, 1 + 250 tokens."""
+        cfg = self.config
+        patch = 2 * cfg.num_patches * cfg.patch_dim * cfg.embed_dim
+        return float(patch + _stack_flops(cfg.depth, cfg.embed_dim, 1 + cfg.num_patches, cfg.block, cfg.mlp_ratio))
+
     def flops_per_sample(self) -> float:
         """Approximate training FLOPs per sample (forward + backward = 3x forward matmuls)."""
         return 3.0 * _forward_flops(self.config)
