@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--clips", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--batch-size", type=int, default=None, help="default: the Embedder's (32 CPU, 256 CUDA)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the Embedder's (64 CPU, 256 CUDA)")
     p.add_argument("--iters", type=int, default=3, help="timed calls per implementation (the best counts)")
     p.add_argument("--max-seconds", type=float, default=300.0, help="time box per implementation and preset")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--timestamps", action="store_true", help="also write timestamp embeddings")
     p.add_argument("--layout", choices=["release", "time_major"], help="token layout (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=None, help="2-s chunks per encoder call (default 32 on CPU, 256 on CUDA)")
+    p.add_argument("--batch-size", type=int, default=None, help="2-s chunks per encoder call (default 64 on CPU, 256 on CUDA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--workers", type=int, default=2, help="decoding processes")

@@ -35,7 +35,7 @@ from ..model import AudioMAE, AudioMAEConfig
 from .layout import CHUNK_FRAMES, LAYOUTS, ChunkPlan, group_tokens, plan_chunks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CPU_BATCH = 32  # chunks per encoder call on CPU: measured 1.5x faster than 256 (activations stay in cache)
+CPU_BATCH = 64  # chunks per CPU encoder call; tiny, 2 busy threads: 64 -> 13.7, 32 -> 12.3, 16 -> 7.0 s of audio/s
 CUDA_BATCH = 256  # on a GPU large batches fill the device; memory is ~1 GiB for base in bf16
 
 
@@ -53,7 +53,7 @@ class Embedder(nn.Module):
     """An :class:`AudioMAE` encoder used as a feature extractor (also the HEAR model object).
 
     ``layout``: ``"release"`` or ``"time_major"`` (default: the model config's ``token_layout``).
-    ``batch_size``: 2-s chunks per encoder call (default 32 on CPU, 256 on CUDA). ``dtype``:
+    ``batch_size``: 2-s chunks per encoder call (default 64 on CPU, 256 on CUDA). ``dtype``:
     ``"auto"`` (bf16 autocast on CUDA, float32 on CPU), ``"float32"``, ``"bfloat16"`` or
     ``"float16"``; outputs are float32. ``compile``: ``torch.compile`` the encoder (default: on
     CUDA, where it pays; on CPU the compile time outweighs the gain for typical jobs).
@@ -106,11 +106,13 @@ class Embedder(nn.Module):
         or a Hugging Face Hub repo id (``owner/name``, fetched into the Hub cache)."""
         from ..export.hub import resolve_model_dir
 
-        directory = resolve_model_dir(directory)
-        model = AudioMAE.from_pretrained(directory)
-        digest = _file_digest(directory / "model.safetensors")
-        # a finished run exports RUN_DIR/model: then the run's folder is the telling name
-        name = directory.parent.name if directory.name == "model" else directory.name
+        local = resolve_model_dir(directory)
+        model = AudioMAE.from_pretrained(local)
+        digest = _file_digest(local / "model.safetensors")
+        if not Path(directory).is_dir():  # a Hub repo id: its name, not the snapshot's hash
+            name = str(directory).rsplit("/", 1)[-1]
+        else:  # a finished run exports RUN_DIR/model: then the run's folder is the telling name
+            name = local.parent.name if local.name == "model" else local.name
         emb = cls(model, layout, batch_size, dtype, name=name, cache_key=f"{name}-{digest[:16]}",
                   compile=compile)
         return emb.to(resolve_device(device))
@@ -202,7 +204,8 @@ class Embedder(nn.Module):
         device = segments.device
         lms = torch.cat([self.frontend.frames(s) for s in segments.split(self.batch_size)])  # (R, 200, 80)
         counts = self._small([p.num_chunks for p in plans], device)
-        owner = torch.repeat_interleave(torch.arange(len(plans), device=device), counts)  # (R,)
+        # output_size given: otherwise repeat_interleave reads the counts back (a host sync)
+        owner = torch.repeat_interleave(torch.arange(len(plans), device=device), counts, output_size=len(lms))  # (R,)
         first = torch.cumsum(counts, 0) - counts  # each clip's first row
         chunk_no = torch.arange(len(owner), device=device) - first[owner]
         frames = self._small([p.frames for p in plans], device)
