@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import logging
 import shutil
@@ -175,9 +176,9 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = prepare_mod.process_file
 
-    def counting(path: str, min_duration_s: float = 0.1) -> prepare_mod.ClipResult:
+    def counting(path: str, *args: object) -> prepare_mod.ClipResult:
         calls.append(path)
-        return real(path, min_duration_s)
+        return real(path, *args)
 
     monkeypatch.setattr(prepare_mod, "process_file", counting)
     return calls
@@ -623,3 +624,216 @@ def test_tile_and_crop_semantics() -> None:
     start = int(a[0, 0]) // 2
     torch.testing.assert_close(a, y[start : start + 200])
     torch.testing.assert_close(a, b)
+
+
+# -------------------------------------------------------------------------------------------------
+# fault injection: corpus layout, dead workers, bad shard members
+# -------------------------------------------------------------------------------------------------
+
+
+def _folder_per_class(root: Path, classes: int, per_class: int, seconds: float = 0.2) -> Path:
+    rng = np.random.default_rng(3)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            sf.write(root / f"class{c}" / f"f{i:02d}.wav", _noise(rng, seconds, SR), SR)
+    return root
+
+
+def test_batches_mix_a_folder_per_class_corpus(tmp_path: Path) -> None:
+    """Fault: a corpus laid out one folder per class, shards about as large as the shuffle buffer.
+
+    Sorted writing filled each shard from one folder and a worker read one shard at a time, so a
+    batch of 8 held ~3 of 8 classes (measured on the old code: 3.1). Kept: with the seeded
+    permutation and interleaved shards a batch mixes as a uniform draw would (5.25 expected).
+    """
+    audio = _folder_per_class(tmp_path / "audio", classes=8, per_class=8)
+    out = tmp_path / "shards"
+    prepare_shards([audio], out, _cfg(shard_size_mb=0.04), progress=False)
+    manifest = load_manifest(out)
+    assert manifest["clips"] == 64 and len(manifest["shards"]) >= 6  # ~8 clips per shard
+    distinct = []
+    for epoch in range(3):
+        ds = ShardDataset.from_dir(out, shuffle_buffer=8, with_keys=True, epoch=epoch)
+        keys = [k for _, k in ds]
+        assert len(keys) == 64
+        batches = [keys[i : i + 8] for i in range(0, 64, 8)]
+        distinct += [len({k.split("_")[0] for k in batch}) for batch in batches]
+    # a uniform draw of 8 from 8 equal classes averages 8 * (1 - (7/8)^8) = 5.25 distinct classes
+    assert np.mean(distinct) >= 4.5, distinct
+
+
+_KILL_ONE_WORKER = r"""
+import multiprocessing, os, signal, sys
+from audiomaepp.data import prepare as prep
+
+real_add, killed = prep._Writer.add, []
+
+def add(self, index, job, result):
+    if not killed:  # at the first result, SIGKILL one worker of the pool (mid-run)
+        child = multiprocessing.active_children()[0]
+        os.kill(child.pid, signal.SIGKILL)
+        killed.append(child.pid)
+    return real_add(self, index, job, result)
+
+prep._Writer.add = add
+cfg = prep.PrepareConfig(shard_size_mb=0.03, workers=2)
+report = prep.prepare_shards([sys.argv[1]], sys.argv[2], cfg, progress=False)
+print("KILLED", killed, "CLIPS", report.manifest["clips"])
+"""
+
+
+def test_sigkilled_prepare_worker_neither_hangs_nor_loses_files(
+    audio_dir: Path, prepared: Path, tmp_path: Path
+) -> None:
+    """Fault: SIGKILL a prepare worker process mid-run (as the kernel's OOM killer does).
+
+    ``Pool.imap`` blocked forever. Kept: the job finishes, the files in flight are retried and
+    stored, and the shards are byte-identical to an undisturbed run.
+    """
+    import sys
+
+    from tests.test_training_utils import start, wait
+
+    out, log = tmp_path / "shards", tmp_path / "log.txt"
+    proc = start([sys.executable, "-c", _KILL_ONE_WORKER, str(audio_dir), str(out)], log)
+    assert wait(proc, log, timeout=180) == 0, log.read_text()[-3000:]  # a hang fails here
+    assert "KILLED [" in log.read_text() and "KILLED []" not in log.read_text()
+    assert load_manifest(out)["clips"] == len(GOOD)
+    assert not [s for s in load_manifest(out)["skipped"] if s["reason"] == "worker_failed"]
+    assert _shard_bytes(out) == _shard_bytes(prepared)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _bad_member_shard(path: Path) -> list[str]:
+    """One shard with a good clip between bad ones; returns the good keys."""
+    gen = torch.Generator().manual_seed(0)
+    good = lambda t: (torch.randn(t, 80, generator=gen) - 4).numpy()  # noqa: E731
+    w = ShardWriter(path)
+    w.add("good0", good(120), {})
+    w.add("wrongshape", np.zeros((120, 40), np.float16), {})
+    w.add("zeroframes", np.zeros((0, 80), np.float16), {})
+    nan = good(120)
+    nan[5, 7] = np.nan
+    w.add("nonfinite", nan, {})
+    w.add("inf", np.full((50, 80), np.inf, np.float16), {})
+    w._add("garbage.npy", b"\x93NUMPY garbage that is no array")
+    w._add("garbage.json", b"{}")
+    w._add("truncated.npy", _npy(np.zeros((300, 80), np.float16))[:2000])  # data cut short
+    w._add("truncated.json", b"{}")
+    w._add("int.npy", _npy(np.ones((120, 80), np.int16)))  # ShardWriter.add would cast it
+    w._add("int.json", b"{}")
+    w.add("good1", good(230), {})
+    w.commit()
+    return ["good0", "good1"]
+
+
+def test_bad_shard_members_are_skipped_and_never_reach_a_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault: members of the wrong shape or dtype, with zero frames, NaN/inf, garbage or truncated.
+
+    Kept: the worker lives on, every crop is a finite ``(1, 200, 80)``, only the good clips are
+    used, and each bad member is named in a warning.
+    """
+    good = _bad_member_shard(tmp_path / "shard-000000.tar")
+    ds = ShardDataset([tmp_path / "shard-000000.tar"], 12, shuffle_buffer=0, with_keys=True)
+    with caplog.at_level(logging.WARNING):
+        items = list(ds)
+    assert len(items) == 12 and {k for _, k in items} == set(good)
+    assert all(x.shape == (1, 200, 80) and bool(torch.isfinite(x).all()) for x, _ in items)
+    for bad in ("wrongshape", "zeroframes", "nonfinite", "inf", "garbage", "truncated", "int"):
+        warned = [r for r in caplog.records if f"clip {bad}:" in r.message]
+        assert len(warned) == 1, bad  # named once, not once per pass
+    loader = make_loader(ds, batch_size=4, num_workers=1, persistent_workers=False)
+    assert [tuple(b[0].shape) for b in loader] == [(4, 1, 200, 80)] * 3
+
+
+def test_long_file_is_cut_into_segments_decoded_piece_by_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault: a 75-s file at 44.1 kHz among short clips (stands in for a 10-h recording).
+
+    Before: decoded and transformed whole (~1.2 GB per hour per worker) and stored as one member,
+    of which the loader took one 2-s crop per epoch. Kept: no read larger than one 30-s piece, three
+    members (30 + 30 + 15 s) whose log-mels match the whole-file decode, the manifest lists the
+    file as segmented, and an epoch takes a crop of every segment.
+    """
+    rng = np.random.default_rng(5)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "long.wav", _noise(rng, 75.0, 44_100), 44_100)
+    sf.write(audio / "short.wav", _noise(rng, 3.0, SR), SR)
+    reads: list[int] = []
+    real_read = sf.SoundFile.read
+
+    def read(self: sf.SoundFile, frames: int = -1, *args: object, **kw: object) -> np.ndarray:
+        reads.append(frames if frames >= 0 else self.frames)
+        return real_read(self, frames, *args, **kw)
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    out = tmp_path / "shards"
+    prepare_shards([audio], out, _cfg(segment_s=30.0, shard_size_mb=50), progress=False)
+    monkeypatch.undo()
+    assert reads and max(reads) <= 30 * 44_100  # never the whole 75-s file at once
+    manifest = load_manifest(out)
+    assert manifest["config"]["segment_s"] == 30.0
+    assert [(Path(s["path"]).name, s["segments"]) for s in manifest["segmented"]] == [("long.wav", 3)]
+    assert manifest["clips"] == 4  # 3 segments + the short clip
+    stored = _stored(out)
+    long_keys = sorted(k for k in stored if k.startswith("long"))
+    assert [k[-7:] for k in long_keys] == ["_s00000", "_s00001", "_s00002"]
+    whole = log_mel(torch.from_numpy(load_audio(audio / "long.wav")))[0, 0]  # (7501, 80)
+    assert [stored[k].shape[0] for k in long_keys] == [3001, 3001, 1501]
+    for i, k in enumerate(long_keys):  # away from the cut, a segment equals the whole decode
+        inner = stored[k][20:-20]
+        ref = whole[i * 3000 + 20 : i * 3000 + 20 + inner.shape[0]]
+        assert torch.allclose(inner, ref.to(torch.float16).float(), atol=0.05), k
+    ds = ShardDataset.from_dir(out, with_keys=True)
+    assert ds.samples_per_epoch == 4 and {k for _, k in ds} == set(stored)
+
+
+_POISON_SCRIPT = r"""
+import os, signal, sys
+from audiomaepp.data import prepare as prep
+
+real = prep.process_file
+
+def process_file(path, *args):  # runs in every spawned worker too (this module is re-imported)
+    if path.endswith("b.flac"):
+        os.kill(os.getpid(), signal.SIGKILL)  # this file kills whichever worker decodes it
+    return real(path, *args)
+
+prep.process_file = process_file
+if __name__ == "__main__":
+    cfg = prep.PrepareConfig(shard_size_mb=0.03, workers=2)
+    prep.prepare_shards([sys.argv[1]], sys.argv[2], cfg, progress=False)
+"""
+
+
+def test_file_that_kills_its_worker_every_time_is_listed_as_failed(
+    audio_dir: Path, tmp_path: Path
+) -> None:
+    """Fault: one file SIGKILLs every worker that decodes it (a native decoder crash).
+
+    Kept: the job finishes; that file is retried once alone, then recorded as skipped with reason
+    ``worker_failed`` and the signal; every other good file is stored.
+    """
+    import sys
+
+    from tests.test_training_utils import start, wait
+
+    script, out, log = tmp_path / "poison.py", tmp_path / "shards", tmp_path / "log.txt"
+    script.write_text(_POISON_SCRIPT)
+    proc = start([sys.executable, str(script), str(audio_dir), str(out)], log)
+    assert wait(proc, log, timeout=180) == 0, log.read_text()[-3000:]
+    manifest = load_manifest(out)
+    failed = [s for s in manifest["skipped"] if s["reason"] == "worker_failed"]
+    assert [Path(s["path"]).name for s in failed] == ["b.flac"]
+    assert "SIGKILL" in failed[0]["detail"] and "2 runs" in failed[0]["detail"]
+    assert sorted(m["relpath"] for _, m in _clips(out).values()) == sorted(set(GOOD) - {"b.flac"})

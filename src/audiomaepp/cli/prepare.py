@@ -62,6 +62,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="skip clips shorter than this many seconds (default: %(default)s)",
     )
     p.add_argument(
+        "--seed",
+        type=int,
+        default=PrepareConfig.seed,
+        help="seed of the order files are dealt to shards (default: %(default)s)",
+    )
+    p.add_argument(
+        "--segment-s",
+        type=float,
+        default=PrepareConfig.segment_s,
+        help="cut files longer than this many seconds into segments of this length, decoded piece "
+        "by piece (default: %(default)s; 0 keeps every file whole)",
+    )
+    p.add_argument(
         "--merge",
         action="store_true",
         help="only merge the manifest-rNN.json parts in --out into manifest.json",
@@ -96,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         num_nodes=args.num_nodes,
         node_rank=args.node_rank,
         min_duration_s=args.min_duration,
+        seed=args.seed,
+        segment_s=args.segment_s or None,
     )
     report = prepare_shards(
         args.inputs, args.out, cfg, overwrite=args.overwrite, progress=not args.no_progress

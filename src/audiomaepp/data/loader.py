@@ -16,8 +16,12 @@ How one epoch is laid out, so that it is exact, disjoint and reproducible:
   shard take disjoint subsets of its clips (with fewer clips than sharers they wrap round, each
   taking one clip, so some clips repeat). A slot makes passes over its shards (in a new order
   each pass) until it has produced its count.
+* A slot reads ``interleave`` (8) of its shards at once, each next clip from a random one of
+  them, so its stream (and the shuffle buffer) mixes several shards, not one folder's worth.
 * A shard that cannot be read (missing, truncated, corrupt) is skipped for the pass with one
-  warning; a slot left with no readable clip raises an error naming its shards.
+  warning; a slot left with no readable clip raises an error naming its shards. A member that is
+  not a finite ``(T >= 1, 80)`` float array (wrong shape, zero frames, NaN, garbage) is skipped
+  with one warning naming it.
 * A shuffle buffer mixes clips within a slot's pass and is emptied at the end of the pass, so a
   pass yields each of the slot's clips exactly once. It holds ``(key, MemberRef)`` pairs (shard,
   offset, size), not the data, so a large buffer is cheap; a clip is read when it leaves the buffer.
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import glob
 import heapq
+import itertools
 import logging
 import math
 import os
@@ -52,7 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..audio import AUDIO_EXTENSIONS, find_audio_files, load_audio
 from ..errors import InvalidAudioError
-from ..frontend import INPUT_FRAMES, crop_or_tile, log_mel, standardize
+from ..frontend import INPUT_FRAMES, FrontendConfig, crop_or_tile, log_mel, standardize
 from .shards import (
     MANIFEST,
     MemberRef,
@@ -110,7 +115,9 @@ def _rng(*parts: int) -> random.Random:
     return random.Random(int(state[0]) << 64 | int(state[1]))
 
 
-_ASSIGN, _ORDER, _SHUFFLE, _CROP = range(4)  # RNG purposes, so the streams never share draws
+# RNG purposes, so the streams never share draws
+_ASSIGN, _ORDER, _SHUFFLE, _CROP, _INTERLEAVE = range(5)
+N_MELS = FrontendConfig().n_mels  # a stored clip is (T, 80)
 
 
 class CropDataset(IterableDataset):
@@ -126,6 +133,9 @@ class CropDataset(IterableDataset):
     * ``start_index`` (0): samples of this epoch this rank already consumed (resume).
     * ``shuffle_buffer`` (5000): about one 1-GB shard of 10-s clips, so clips of a whole shard mix;
       it holds references only (~100 bytes each), 0 or 1 disables shuffling.
+    * ``interleave`` (8): units (shards) a slot reads at once, drawing each next clip from a
+      random one of them, so the shuffle buffer mixes ~8 shards rather than one; 8 open tar
+      files per worker is cheap. 1 reads the units one after another.
     * ``crops_per_clip`` (1): the paper's one crop per clip per epoch; more amortises reading.
     * ``frames`` (200): one model input is 2 s = 200 frames.
     * ``batch_size`` (1): the DataLoader's, used only to map ``start_index`` onto workers
@@ -145,6 +155,7 @@ class CropDataset(IterableDataset):
         epoch: int = 0,
         start_index: int = 0,
         shuffle_buffer: int = 5000,
+        interleave: int = 8,
         crops_per_clip: int = 1,
         frames: int = INPUT_FRAMES,
         batch_size: int = 1,
@@ -155,13 +166,22 @@ class CropDataset(IterableDataset):
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
         if samples_per_epoch < world_size:
             raise ValueError(f"samples_per_epoch {samples_per_epoch} < world_size {world_size}")
-        if seed < 0 or crops_per_clip < 1 or frames < 1 or batch_size < 1 or shuffle_buffer < 0:
+        if (
+            seed < 0
+            or crops_per_clip < 1
+            or frames < 1
+            or batch_size < 1
+            or shuffle_buffer < 0
+            or interleave < 1
+        ):
             raise ValueError(
-                "seed, shuffle_buffer must be >= 0; crops_per_clip, frames, batch_size >= 1"
+                "seed, shuffle_buffer must be >= 0; crops_per_clip, frames, batch_size, "
+                "interleave >= 1"
             )
         self.samples_per_epoch = samples_per_epoch
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer = shuffle_buffer
+        self.interleave = interleave
         self.crops_per_clip = crops_per_clip
         self.frames = frames
         self.batch_size = batch_size  # the DataLoader's; only used to map start_index onto workers
@@ -277,14 +297,33 @@ class CropDataset(IterableDataset):
         """One iterator per pass over the slot's clips (unit order re-shuffled every pass)."""
         plan = self._assignment(epoch, slot, slots)
         rng = _rng(self.seed, epoch, slot, slots, _ORDER)
+        pick = _rng(self.seed, epoch, slot, slots, _INTERLEAVE)
         while True:
             rng.shuffle(plan)
-            yield (
-                item
+            units = (
+                (item for i, item in enumerate(self._unit_items(unit)) if i % mod == rem)
                 for unit, mod, rem in plan
-                for i, item in enumerate(self._unit_items(unit))
-                if i % mod == rem
             )
+            yield self._interleaved(units, pick)
+
+    def _interleaved(self, units: Iterator[Iterator[Item]], rng: random.Random) -> Iterator[Item]:
+        """Read ``interleave`` units at once, each next item from a random one of them.
+
+        A unit is opened only when it joins the active set, and the next one replaces it when it
+        runs out, so every item of every unit is yielded exactly once per pass.
+        """
+        active = list(itertools.islice(units, self.interleave))
+        while active:
+            i = rng.randrange(len(active)) if len(active) > 1 else 0
+            item = next(active[i], None)
+            if item is not None:
+                yield item
+                continue
+            following = next(units, None)
+            if following is None:
+                active.pop(i)
+            else:
+                active[i] = following
 
     def _items(self, epoch: int, slot: int, slots: int) -> Iterator[Item]:
         """The slot's clips, shuffled within each pass, forever.
@@ -450,12 +489,35 @@ class ShardDataset(CropDataset):
                 logger.warning("%s: skipping unreadable shard (%s)", shard, exc)
 
     def _load(self, key: str, payload: MemberRef) -> torch.Tensor | None:
+        """The member's log-mel ``(T, 80)``, or None (one warning) when it is unreadable or bad.
+
+        A shard member is untrusted input: a truncated or corrupt ``.npy``, another shape, zero
+        frames or NaN/inf values would kill the worker or reach the loss, so each is checked.
+        """
         try:
             array = decode_npy(payload.read(self._handles))
-        except (OSError, ValueError) as exc:
-            logger.warning("%s: skipping unreadable clip %s (%s)", payload.shard, key, exc)
+            problem = _member_problem(array)
+        except Exception as exc:  # numpy raises ValueError, EOFError, ... on corrupt bytes
+            problem = f"unreadable ({type(exc).__name__}: {exc})"
+        if problem is not None:
+            if key not in self._warned:  # once per clip and worker, not once per pass
+                self._warned.add(key)
+                logger.warning("%s: skipping clip %s: %s", payload.shard, key, problem)
             return None
         return torch.from_numpy(array).float()  # (T, 80); torch converts float16 ~5x faster
+
+
+def _member_problem(array: np.ndarray) -> str | None:
+    """Why a decoded member cannot be a stored log-mel ``(T >= 1, 80)`` of finite floats, or None."""
+    if array.dtype.kind != "f":
+        return f"dtype {array.dtype}, expected float16"
+    if array.ndim != 2 or array.shape[1] != N_MELS:
+        return f"shape {tuple(array.shape)}, expected (frames, {N_MELS})"
+    if array.shape[0] < 1:
+        return "zero frames"
+    if not np.isfinite(array).all():
+        return "NaN or infinite values"
+    return None
 
 
 class FolderDataset(CropDataset):

@@ -1,7 +1,8 @@
 """``prepare``: audio files -> webdataset shards of float16 log-mels plus a manifest.
 
 Pipeline: list the inputs (sorted) -> keep this node's files (``index % num_nodes == node_rank``)
--> a process pool decodes each file (``load_audio``: mono, 16 kHz) and computes the unnormalised
+-> put them in a permutation seeded by ``seed`` (so every shard mixes folders, classes and
+sources instead of holding one directory) -> a process pool decodes each file (``load_audio``: mono, 16 kHz) and computes the unnormalised
 log-mel of the whole clip (``log_mel``, ``(T, 80)``) -> the parent writes the results in input
 order, filling a shard until it reaches ``shard_size_mb`` -> ``manifest.json``.
 
@@ -11,14 +12,18 @@ Why each piece:
   model step; float16 halves the size (log-mels span about [-16, 20], float16 keeps ~3 digits).
 * Standardisation is *not* baked in: the loader standardises each whole clip at read time, so the
   same shards serve any normalisation choice.
-* Deterministic output: files are sorted and written in order, tar headers carry no time stamps,
-  so a given input list and config always gives the same shards, whatever ``workers`` is.
+* Deterministic output: files are sorted, permuted with a fixed seed and written in that order,
+  tar headers carry no time stamps, so a given input list and config always gives the same
+  shards, whatever ``workers`` is.
 * Resumable: a shard is written as ``NAME.tmp`` and renamed when complete, then recorded in
   ``progress.jsonl`` together with the range of input files it covers and the files skipped in
   that range. A re-run keeps every recorded shard whose size matches, deletes ``.tmp`` leftovers
   and continues after the last recorded file, so a half-written shard is simply redone.
 * Bad inputs never stop the job: decode errors, empty, non-finite, digitally silent (all samples
   0) and too-short files are recorded in the manifest with their reason and skipped.
+* Dead workers never hang it: the pool is :func:`audiomaepp.workers.imap_files`; a file whose
+  worker was killed (out of memory, a crash in a native decoder) is retried alone once, and if
+  its worker dies again it is recorded as skipped (``worker_failed``) while the job goes on.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ import hashlib
 import itertools
 import json
 import logging
-import multiprocessing as mp
 import os
+import random
 import re
 import time
 from collections import Counter
@@ -38,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+import soxr
 import torch
 from tqdm import tqdm
 
@@ -45,6 +52,7 @@ from ..audio import find_audio_files, load_audio
 from ..errors import AudioDecodeError, InvalidAudioError
 from ..fileio import atomic_write_bytes
 from ..frontend import SAMPLE_RATE, FrontendConfig, log_mel
+from ..workers import WorkFailed, imap_files
 from .shards import (
     FORMAT,
     FORMAT_VERSION,
@@ -71,7 +79,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Why a file can be skipped; the manifest's ``skipped[*].reason`` is one of these.
-SKIP_REASONS = ("decode_error", "empty", "non_finite", "silent", "too_short", "error")
+SKIP_REASONS = (
+    "decode_error",
+    "empty",
+    "non_finite",
+    "silent",
+    "too_short",
+    "error",
+    "worker_failed",
+)
 
 
 def default_workers() -> int:
@@ -92,8 +108,14 @@ class PrepareConfig:
     node_rank: int = 0  # which of those machines this is (0-based)
     # Under 0.1 s (< 11 frames) a clip is mostly padding; tiled 20x to a 2-s crop it teaches nothing.
     min_duration_s: float = 0.1
-    # Files per pool task: amortises inter-process overhead (~100 us) over a few ms of work each.
-    chunksize: int = 4
+    # Seeds the permutation that deals files to shards: sorted order would fill each shard from
+    # one folder (one class or source), and the loader's batches would follow.
+    seed: int = 0
+    # Files longer than this are cut into segments of this length (the last one shorter): decoded
+    # piece by piece (bounded memory) and stored as one member each, so the loader takes a crop
+    # of every segment per epoch instead of one 2-s crop of a 10-h file. 30 s leaves the usual
+    # 10-s clips whole. None stores every file whole.
+    segment_s: float | None = 30.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` on impossible settings, naming the option."""
@@ -105,13 +127,17 @@ class PrepareConfig:
             )
         if self.min_duration_s < 0:
             raise ValueError(f"min_duration_s must be >= 0, got {self.min_duration_s}")
+        if self.segment_s is not None and self.segment_s < max(self.min_duration_s, 2.0):
+            raise ValueError(f"segment_s must be >= 2 s (one model input), got {self.segment_s}")
 
     def output_config(self) -> dict[str, Any]:
-        """The settings that change the shards' content (``workers`` and ``chunksize`` do not)."""
+        """The settings that change the shards' content (``workers`` does not)."""
         return {
             "shard_size_mb": self.shard_size_mb,
             "num_nodes": self.num_nodes,
             "min_duration_s": self.min_duration_s,
+            "seed": self.seed,
+            "segment_s": self.segment_s,
             "sample_rate": SAMPLE_RATE,
             "frontend": asdict(FrontendConfig()),
             "dtype": "float16",
@@ -123,10 +149,13 @@ class PrepareConfig:
 class ClipResult:
     """What a worker sends back for one file: the log-mel, or why the file was skipped."""
 
-    lms: np.ndarray | None  # (T, 80) float16, None when skipped
+    lms: np.ndarray | None  # (T, 80) float16; None when skipped or cut into segments
     samples: int  # samples at 16 kHz after decoding (0 when unknown)
     reason: str | None = None  # one of SKIP_REASONS when skipped
     detail: str | None = None  # the message, naming the file
+    # A long file's consecutive segments, each (T_i, 80) float16 (segment i starts at
+    # i * segment_s seconds); segments that are silent, too short or non-finite are left out.
+    segments: list[np.ndarray] | None = None
 
 
 @dataclass
@@ -172,11 +201,19 @@ def _classify(exc: InvalidAudioError) -> str:
     return "error"
 
 
-def process_file(path: str, min_duration_s: float = 0.1) -> ClipResult:
+def process_file(
+    path: str, min_duration_s: float = 0.1, segment_s: float | None = None
+) -> ClipResult:
     """Decode one file and compute its log-mel ``(T, 80)`` float16, ``T = 1 + N // 160``.
 
-    Never raises for a bad file: returns a :class:`ClipResult` with ``reason`` set instead.
+    A file longer than ``segment_s`` seconds is decoded piece by piece and stored as consecutive
+    segments of ``segment_s`` (see :func:`_process_long`). Never raises for a bad file: returns a
+    :class:`ClipResult` with ``reason`` set instead.
     """
+    if segment_s is not None:
+        seconds = _duration_s(path)
+        if seconds is not None and seconds > segment_s:
+            return _process_long(path, min_duration_s, segment_s)
     try:
         audio = load_audio(path)  # (N,) float32 mono 16 kHz
     except InvalidAudioError as exc:
@@ -194,29 +231,99 @@ def process_file(path: str, min_duration_s: float = 0.1) -> ClipResult:
     return ClipResult(lms.numpy().astype(np.float16), n)
 
 
+def _duration_s(path: str) -> float | None:
+    """The file's duration from its header (None when the header cannot be read)."""
+    try:
+        info = sf.info(path)
+        return info.frames / info.samplerate if info.samplerate > 0 else None
+    except Exception:  # an unreadable header is reported by the full decode
+        return None
+
+
+def _pieces(path: str, piece_s: float) -> Iterator[np.ndarray]:
+    """Mono float32 16 kHz samples of ``path`` in consecutive pieces of ``piece_s`` seconds.
+
+    Reads and resamples one piece at a time (a streaming resampler keeps the pieces seamless), so
+    memory stays at a few pieces whatever the file's length; the last piece may be shorter.
+    """
+    with sf.SoundFile(path) as f:
+        rate, size = f.samplerate, round(piece_s * SAMPLE_RATE)
+        stream = None
+        if rate != SAMPLE_RATE:
+            stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        block, pending = max(1, round(piece_s * rate)), np.zeros(0, np.float32)
+        while True:
+            x = f.read(block, dtype="float32", always_2d=True).mean(axis=1)  # (n,) mono
+            last = len(x) < block
+            if stream is not None:
+                x = stream.resample_chunk(x, last=last)
+            pending = np.concatenate([pending, x.astype(np.float32, copy=False)])
+            while len(pending) >= size:
+                yield pending[:size]
+                pending = pending[size:]
+            if last:
+                break
+        if len(pending):
+            yield pending
+
+
+def _process_long(path: str, min_duration_s: float, segment_s: float) -> ClipResult:
+    """A long file as segments of ``segment_s``: one decoded piece in memory at a time.
+
+    Peak memory is one piece of audio plus the float16 log-mels (~58 MB per hour), instead of the
+    whole file's float32 samples and STFT (~1.2 GB per hour). Segments that are digitally silent,
+    shorter than ``min_duration_s`` or non-finite are dropped; if none is left the file is skipped.
+    """
+    segments, samples, dropped = [], 0, Counter()
+    try:
+        for piece in _pieces(path, segment_s):
+            samples += len(piece)
+            if not np.isfinite(piece).all():
+                dropped["non_finite"] += 1
+            elif float(np.abs(piece).max()) == 0.0:
+                dropped["silent"] += 1
+            elif len(piece) < min_duration_s * SAMPLE_RATE:
+                dropped["too_short"] += 1
+            else:
+                lms = log_mel(torch.from_numpy(piece))[0, 0]  # (T, 80) float32
+                segments.append(lms.numpy().astype(np.float16))
+    except Exception as exc:  # libsndfile / soxr errors part-way: record the file, keep going
+        return _skip("decode_error", f"{path}: cannot decode audio ({type(exc).__name__}: {exc})")
+    if not segments:
+        reason = dropped.most_common(1)[0][0] if dropped else "empty"
+        return _skip(
+            reason, f"{path}: no usable {segment_s:g}-s segment ({dict(dropped)})", samples
+        )
+    return ClipResult(None, samples, segments=segments)
+
+
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core already; intra-op threads would oversubscribe
 
 
 def _results(jobs: Sequence[_Job], cfg: PrepareConfig) -> Iterator[ClipResult]:
-    """Results of ``process_file`` for ``jobs``, in input order (a pool when ``workers > 1``)."""
-    if cfg.workers <= 1 or len(jobs) <= 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # per-clip STFTs are too small for threads; on a busy host they
-        try:  # spin and wait: measured 3.5x slower with 2 threads than with 1 on 2 loaded cores
-            for job in jobs:
-                yield process_file(job.path, cfg.min_duration_s)
-        finally:
-            torch.set_num_threads(threads)
-        return
-    # spawn: forking a parent that has used torch's thread pools can deadlock in the children.
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(min(cfg.workers, len(jobs)), initializer=_init_worker) as pool:
-        args = [(job.path, cfg.min_duration_s) for job in jobs]
-        yield from pool.imap(_process_star, args, chunksize=cfg.chunksize)
+    """Results of ``process_file`` for ``jobs``, in input order (worker processes when ``workers > 1``).
+
+    A file whose worker died twice (or whose processing raised) becomes a ``worker_failed`` skip.
+    """
+    args = [(job.path, cfg.min_duration_s, cfg.segment_s) for job in jobs]
+    workers = cfg.workers if len(jobs) > 1 else 1
+    threads = torch.get_num_threads()
+    if workers <= 1:
+        # Per-clip STFTs are too small for threads; on a busy host they spin and wait (measured
+        # 3.5x slower with 2 threads than with 1 on 2 loaded cores).
+        torch.set_num_threads(1)
+    try:
+        for index, result in imap_files(_process_star, args, workers, initializer=_init_worker):
+            if isinstance(result, WorkFailed):
+                yield _skip("worker_failed", f"{jobs[index].path}: {result}")
+            else:
+                yield result
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _process_star(args: tuple[str, float]) -> ClipResult:
+def _process_star(args: tuple[str, float, float | None]) -> ClipResult:
     return process_file(*args)
 
 
@@ -288,7 +395,8 @@ def _jobs(inputs: Sequence[str | Path], cfg: PrepareConfig) -> list[_Job]:
     rel = relative_names(files, inputs)
     absolute = [os.path.abspath(f) for f in files]
     keys = clip_keys(rel, absolute)
-    mine = range(cfg.node_rank, len(files), cfg.num_nodes)  # index % num_nodes == node_rank
+    mine = list(range(cfg.node_rank, len(files), cfg.num_nodes))  # index % num_nodes == node_rank
+    random.Random(cfg.seed).shuffle(mine)  # deal files to shards in a seeded, mixed order
     return [_Job(absolute[i], keys[i], rel[i]) for i in mine]
 
 
@@ -387,6 +495,7 @@ def _new_chunk(start: int) -> dict[str, Any]:
         "seconds": 0.0,
         "bytes": 0,
         "skipped": [],
+        "segmented": [],
     }
 
 
@@ -404,30 +513,50 @@ class _Writer:
 
     def add(self, index: int, job: _Job, result: ClipResult) -> None:
         c = self.chunk
-        if result.lms is None:
+        if result.reason is not None:
             c["skipped"].append(
                 {"path": job.path, "reason": result.reason, "detail": result.detail}
             )
+        elif result.segments is not None:
+            self._add_segments(job, result)
         else:
-            self._add_clip(job, result)
+            self._add_clip(job, result.lms, job.key, result.samples, {})
         c["end"] = index + 1
         if self.shard is not None and self.shard.size >= self.target:
             self.commit()
 
-    def _add_clip(self, job: _Job, result: ClipResult) -> None:
+    def _add_segments(self, job: _Job, result: ClipResult) -> None:
+        """One member per segment, keyed ``KEY_sNNNNN`` (N = the segment's index in the file)."""
+        step = self.cfg.segment_s
+        for i, lms in enumerate(result.segments):
+            samples = (lms.shape[0] - 1) * 160  # the frames' span (log-mel hop: 160 samples)
+            extra = {"segment": i, "segments": len(result.segments), "offset_s": i * step}
+            self._add_clip(job, lms, f"{job.key}_s{i:05d}", samples, extra)
+        self.chunk["segmented"].append(
+            {
+                "path": job.path,
+                "segments": len(result.segments),
+                "seconds": result.samples / SAMPLE_RATE,
+            }
+        )
+
+    def _add_clip(
+        self, job: _Job, lms: np.ndarray, key: str, samples: int, extra: dict[str, Any]
+    ) -> None:
         if self.shard is None:
             name = shard_name(self.shards, self.cfg.node_rank, self.cfg.num_nodes)
             self.shard, self.chunk["shard"] = ShardWriter(self.out / name), name
-        frames, seconds = int(result.lms.shape[0]), result.samples / SAMPLE_RATE
+        frames, seconds = int(lms.shape[0]), samples / SAMPLE_RATE
         meta = {
-            "key": job.key,
+            "key": key,
             "source": job.path,
             "relpath": job.relpath,
             "frames": frames,
             "duration": seconds,
             "sample_rate": SAMPLE_RATE,
+            **extra,
         }
-        self.shard.add(job.key, result.lms, meta)
+        self.shard.add(key, lms, meta)
         self.chunk["clips"] += 1
         self.chunk["frames"] += frames
         self.chunk["seconds"] += seconds
@@ -501,6 +630,8 @@ def _manifest(
         "hours": sum(c["seconds"] for c in chunks) / 3600,
         "shards": shards,
         "skipped": [s for c in chunks for s in c["skipped"]],
+        # long files stored as several segments: path, segment count, duration
+        "segmented": [s for c in chunks for s in c.get("segmented", [])],
     }
 
 

@@ -237,6 +237,7 @@ def merge_manifests(shard_dir: str | Path, write: bool = True) -> dict[str, Any]
         "hours": sum(p["hours"] for p in parts),
         "shards": [s for p in parts for s in p["shards"]],
         "skipped": [s for p in parts for s in p["skipped"]],
+        "segmented": [s for p in parts for s in p.get("segmented", [])],
         "parts": [manifest_name(p["node_rank"], num_nodes) for p in parts],
     }
     if write:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -183,6 +183,27 @@ def _read_vocabulary(path: Path) -> tuple[str, ...]:
     return labels
 
 
+def _check_file_name(file: str, path: Path) -> None:
+    """Split files name audio under ``16000/<split>/``: refuse names that would leave that folder.
+
+    A split JSON is untrusted input; ``../`` parts, absolute paths, drive letters or backslashes
+    would make the evaluation read (and embed) files outside the task.
+    """
+    parts = PurePosixPath(file).parts
+    if (
+        not file
+        or "\\" in file
+        or "\x00" in file
+        or PurePosixPath(file).is_absolute()
+        or PureWindowsPath(file).drive
+        or ".." in parts
+    ):
+        raise TaskFormatError(
+            f"{path}: file name {file!r} must be a relative path inside the split's audio folder "
+            "(no '..', absolute paths or backslashes)"
+        )
+
+
 def _read_split(
     path: Path, vocab: set[str], prediction_type: str
 ) -> dict[str, tuple[str, ...]]:
@@ -192,6 +213,7 @@ def _read_split(
         raise TaskFormatError(f"{path}: expected a non-empty object {{file name: [labels]}}")
     out: dict[str, tuple[str, ...]] = {}
     for file in sorted(data):
+        _check_file_name(file, path)
         labels = data[file]
         if not isinstance(labels, list):
             raise TaskFormatError(f"{path}: labels of {file!r} must be a list, got {labels!r}")

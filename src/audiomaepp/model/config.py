@@ -22,6 +22,22 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
     "huge": (32, 16, 1280, 384),
 }
 
+# Bounds checked before any allocation (a config.json is untrusted input). The upper bounds are
+# ~4x the largest preset (huge: 32 blocks, 1280 wide), generous for research yet far below sizes
+# that would exhaust memory while building the model.
+_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "in_chans": (1, 16),
+    "embed_dim": (1, 8192),
+    "depth": (1, 128),
+    "num_heads": (1, 256),
+    "decoder_embed_dim": (1, 8192),
+    "decoder_depth": (1, 128),
+    "decoder_num_heads": (1, 256),
+}
+_MAX_SIDE = 100_000  # frames or mel bins of one input: 1000 s at 100 frames/s
+_MAX_MLP_RATIO = 64.0  # FFN width / model width; the recipe uses 4
+_MAX_PATCHES = 65_536  # tokens per input (the recipe has 250): attention is quadratic in it
+
 
 @dataclass
 class AudioMAEConfig:
@@ -51,14 +67,23 @@ class AudioMAEConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # provenance (e.g. converted release args)
 
     def __post_init__(self) -> None:
-        self.img_size = tuple(self.img_size)  # JSON gives lists
-        self.patch_size = tuple(self.patch_size)
+        for name in ("img_size", "patch_size"):  # JSON gives lists
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"AudioMAEConfig.{name} must be two integers (time, mel), got {value!r}")
+            setattr(self, name, tuple(value))
         if self.decoder_block is None:
             self.decoder_block = self.block
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent field."""
+        """Raise ``ValueError`` naming the first inconsistent field.
+
+        Called from ``__post_init__``, i.e. before any weight is allocated, so a hostile or mistyped
+        ``config.json`` fails here with the field's name instead of deep inside a layer (a zero
+        divisor, an IndexError, an empty model or a multi-terabyte allocation).
+        """
+        self._check_types_and_bounds()
         choices = {
             "block": ("plusplus", "vanilla"),
             "decoder_block": ("plusplus", "vanilla"),
@@ -85,6 +110,36 @@ class AudioMAEConfig:
                 )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"AudioMAEConfig.mask_ratio={self.mask_ratio}; must be in [0, 1)")
+        if self.num_patches > _MAX_PATCHES:
+            raise ValueError(
+                f"AudioMAEConfig.img_size {list(self.img_size)} / patch_size {list(self.patch_size)} "
+                f"give {self.num_patches} patches; at most {_MAX_PATCHES}"
+            )
+        if self.num_keep < 1:
+            raise ValueError(f"AudioMAEConfig.mask_ratio={self.mask_ratio} keeps no patch of {self.num_patches}")
+
+    def _check_types_and_bounds(self) -> None:
+        for name, (low, high) in _INT_BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"AudioMAEConfig.{name} must be an integer, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"AudioMAEConfig.{name}={value}; must be in [{low}, {high}]")
+        for name in ("img_size", "patch_size"):
+            value = getattr(self, name)
+            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"AudioMAEConfig.{name} must be two integers (time, mel), got {list(value)}")
+            if not all(1 <= v <= _MAX_SIDE for v in value):
+                raise ValueError(f"AudioMAEConfig.{name}={list(value)}; each side must be in [1, {_MAX_SIDE}]")
+        ratio = self.mlp_ratio
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= _MAX_MLP_RATIO:
+            raise ValueError(f"AudioMAEConfig.mlp_ratio={ratio!r}; must be a number in (0, {_MAX_MLP_RATIO}]")
+        if not isinstance(self.mask_ratio, (int, float)) or isinstance(self.mask_ratio, bool):
+            raise ValueError(f"AudioMAEConfig.mask_ratio must be a number, got {self.mask_ratio!r}")
+        if not isinstance(self.norm_pix_loss, bool):
+            raise ValueError(f"AudioMAEConfig.norm_pix_loss must be true or false, got {self.norm_pix_loss!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"AudioMAEConfig.extra must be an object, got {type(self.extra).__name__}")
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property
@@ -127,6 +182,8 @@ class AudioMAEConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AudioMAEConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict):
+            raise ValueError(f"an AudioMAEConfig must be a JSON object, got {type(d).__name__}")
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown AudioMAEConfig field(s): {sorted(unknown)}")

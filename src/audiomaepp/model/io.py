@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
@@ -46,15 +47,14 @@ def _listing(items: list[str], limit: int = 8) -> str:
     return f"{shown}, ... ({len(items) - limit} more)" if len(items) > limit else shown
 
 
-def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise :class:`CheckpointError` naming the missing, unexpected or mis-shaped keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def _shape_problems(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> list[str]:
+    """Missing, unexpected and mis-shaped keys of ``found`` against ``expected`` (key -> shape)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     shapes = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if tuple(state[k].shape) != tuple(expected[k].shape)
+        f"{k} {found[k]} vs model {expected[k]}"
+        for k in sorted(set(found) & set(expected))
+        if found[k] != expected[k]
     ]
     problems = []
     if missing:
@@ -63,11 +63,39 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
     if shapes:
         problems.append(f"{len(shapes)} mis-shaped key(s): {_listing(shapes, 4)}")
+    return problems
+
+
+def _raise_unless_fits(problems: list[str], source: str) -> None:
     if problems:
         raise CheckpointError(
             f"{source} does not fit the model config ({'; '.join(problems)}); "
             "check the preset / config it was converted or saved with"
         )
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming the missing, unexpected or mis-shaped keys."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _raise_unless_fits(_shape_problems(expected, {k: tuple(v.shape) for k, v in state.items()}), source)
+
+
+def check_weights_file(cfg: AudioMAEConfig, weights: str | Path) -> None:
+    """Compare the tensor shapes in a safetensors header with ``cfg``'s model, allocating nothing.
+
+    The model is built on the meta device (shapes only) and the file's header is read without its
+    data, so a config or a weights file that does not fit fails before any real allocation.
+    """
+    from .mae import AudioMAE
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in AudioMAE(cfg).state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{weights}: cannot read safetensors file ({exc})") from exc
+    _raise_unless_fits(_shape_problems(expected, found), str(weights))
 
 
 def load_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
@@ -79,9 +107,10 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}")
+    check_weights_file(cfg, weights)  # before allocating the model or reading the weights
     try:
         state = load_file(str(weights), device=str(map_location))
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+    except Exception as exc:  # safetensors raises its own error types for corrupt data
         raise CheckpointError(f"{weights}: cannot read safetensors file ({exc})") from exc
     model = AudioMAE(cfg)
     check_state_dict(model, state, str(weights))

@@ -30,9 +30,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, fsync_dir
 from ..model.io import check_state_dict, save_pretrained
 from .optim import optimizer_param_names
+from .state import TrainState
 
 FORMAT = "audiomaepp-train/1"
 CHECKPOINTS = "checkpoints"
@@ -211,6 +212,7 @@ def save_checkpoint(
         if final.exists():  # an incomplete folder of that name (no state.json): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(root)  # the rename itself must reach the disk before we prune older ones
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -243,9 +245,19 @@ def read_state(path: str | Path) -> dict[str, Any]:
         doc = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{file}: cannot read checkpoint state ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
         raise CheckpointError(f"{file}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    for key, kind in (("optimizer", dict), ("rng", dict)):
+        if not isinstance(doc.get(key), kind):
+            raise CheckpointError(f"{file}: field {key!r} is missing or not an object")
     return doc
+
+
+def read_train_state(path: str | Path) -> TrainState:
+    """The checked :class:`TrainState` of a checkpoint folder (errors name the file and field)."""
+    return TrainState.from_json(read_state(path), str(Path(path) / STATE_NAME))
 
 
 def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
@@ -271,10 +283,18 @@ def load_checkpoint(
     weights = _load_tensors(path / MODEL_NAME)
     check_state_dict(model, weights, str(path / MODEL_NAME))
     model.load_state_dict(weights)
-    if optimizer is not None:
-        load_optimizer(optimizer, _load_tensors(path / OPTIM_NAME), doc["optimizer"])
-    if scaler is not None and scaler.is_enabled() and doc.get("scaler"):
-        scaler.load_state_dict(doc["scaler"])
-    if restore_rngs:
-        restore_rng(_load_tensors(path / RNG_NAME), doc["rng"])
+    try:
+        if optimizer is not None:
+            load_optimizer(optimizer, _load_tensors(path / OPTIM_NAME), doc["optimizer"])
+        if scaler is not None and scaler.is_enabled() and doc.get("scaler"):
+            scaler.load_state_dict(doc["scaler"])
+        if restore_rngs:
+            restore_rng(_load_tensors(path / RNG_NAME), doc["rng"])
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        # a state.json edited by hand or from another version: name the file, not a bare KeyError
+        raise CheckpointError(
+            f"{path / STATE_NAME}: malformed optimizer / scaler / RNG state ({type(exc).__name__}: {exc})"
+        ) from exc
     return doc

@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -19,6 +21,7 @@ import torch.distributed as dist
 from ..devices import resolve_device
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -120,3 +123,50 @@ class FlagAgreement:
         if self._pending is not None:
             self._pending[0].wait()
             self._pending = None
+
+
+def broadcast_text(text: str | None, env: DistEnv) -> str | None:
+    """Rank 0's ``text`` on every rank (host-side, on the gloo control group; no pickling)."""
+    if not env.distributed:
+        return text
+    data = b"" if text is None else text.encode()
+    size = torch.tensor([len(data) if text is not None else -1], dtype=torch.int64)
+    dist.broadcast(size, src=0, group=env.control_group)
+    if int(size) < 0:
+        return None
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if env.is_main else torch.empty(
+        int(size), dtype=torch.uint8)
+    if int(size):
+        dist.broadcast(buf, src=0, group=env.control_group)
+    return bytes(buf.tolist()).decode()
+
+
+def agree_int(value: int, env: DistEnv) -> tuple[int, int]:
+    """``(min, max)`` of ``value`` over all ranks (equal when every rank agrees)."""
+    if not env.distributed:
+        return value, value
+    buf = torch.tensor([value, -value], dtype=torch.int64)
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=env.control_group)
+    return -int(buf[1]), int(buf[0])
+
+
+def run_on_main(fn: Callable[[], T], env: DistEnv, what: str) -> T | None:
+    """Run ``fn`` on rank 0 only and tell every rank whether it worked.
+
+    Without this, an exception on rank 0 (disk full while writing a checkpoint) left the other
+    ranks waiting in the next collective until ``dist_timeout_s`` (30 min). Now rank 0 re-raises
+    its error and every other rank raises a :class:`RuntimeError` saying rank 0 failed, at once.
+    Returns ``fn()``'s result on rank 0, None elsewhere.
+    """
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except BaseException as exc:  # also KeyboardInterrupt: the other ranks must not wait
+            error = exc
+    _, failed = agree_int(int(error is not None), env)
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(f"rank 0 failed while {what}; rank {env.rank} stops too (see rank 0's error)")
+    return result

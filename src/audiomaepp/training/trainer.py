@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_dir, atomic_write_bytes
 from ..model import AudioMAE
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -37,16 +36,21 @@ from .data import BatchStream, build_dataset, make_rank_loader
 from .distributed import (
     DistEnv,
     FlagAgreement,
+    agree_int,
     all_reduce_,
     barrier,
+    broadcast_text,
     init_distributed,
+    run_on_main,
     shutdown_distributed,
 )
-from .faults import NonFiniteGuard, StopRequest
+from .faults import StopRequest
+from .guard import NonFiniteGuard
 from .metrics import MetricsWriter, mfu, peak_flops, truncate_metrics
 from .noise import MaskNoise, micro_slice
 from .optim import build_optimizer, trainable_parameters
 from .schedule import LRSchedule
+from .state import TrainState
 from .viz import reconstruct, save_reconstruction_png
 
 logger = logging.getLogger(__name__)
@@ -213,11 +217,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.plan.peak_lr, self.cfg.weight_decay, self.cfg.betas,
                                          self.cfg.eps, fused=plan.fused_adamw)
         self.params = trainable_parameters(self.optimizer)
-        self.guard = NonFiniteGuard(self.device, self.cfg.max_nonfinite)
-        # Plain AdamW cannot skip a step on the device, so the host looks at every step anyway and
-        # reports bad ones at once; fused AdamW (and the fp16 scaler) skip on the device, and the
-        # counters are read at log steps only.
-        self.sync_each_step = not (plan.fused_adamw or self.scaler.is_enabled())
+        self.guard = NonFiniteGuard(self.device, self.cfg.max_nonfinite, scaler=self.scaler,
+                                    fused=plan.fused_adamw, distributed=self.env.distributed)
         module: nn.Module = LossModule(self.model)
         if self.env.distributed:
             ids = [self.device.index] if cuda else None
@@ -235,44 +236,16 @@ class Trainer:
 
     # -- resume ----------------------------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
-        """Load a checkpoint written by :meth:`save` (any rank count; same global batch)."""
-        doc = ckpt.read_state(path)
-        self._check_compatible(doc, path)
+        """Load a checkpoint written by :meth:`save` (any rank count; same recipe, see :mod:`.state`)."""
+        saved = ckpt.read_train_state(path)
+        for warning in saved.check_resume(self.state(), str(path)):
+            logger.warning(warning)
         ckpt.load_checkpoint(path, self.model, self.optimizer, self.scaler)
-        self.step = int(doc["step"])
-        self.guard.load(doc.get("nonfinite", {}))
-        self.elapsed_before = float(doc.get("elapsed_s", 0.0))
+        self.step = saved.step
+        self.guard.load(saved.nonfinite)
+        self.elapsed_before = saved.elapsed_s
         self.last_checkpoint = path
         logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.step // self.plan.steps_per_epoch)
-
-    def _check_compatible(self, doc: dict[str, Any], path: Path) -> None:
-        saved_model = doc.get("model_config")
-        if saved_model is not None and saved_model != self.model.config.to_dict():
-            raise CheckpointError(f"{path}: the checkpoint's model config differs from this run's")
-        for key in ("global_batch", "steps_per_epoch"):
-            if doc.get(key) != getattr(self.plan, key):
-                raise CheckpointError(
-                    f"{path}: {key} was {doc.get(key)}, this run has {getattr(self.plan, key)}; resuming "
-                    "needs the same global batch and samples per epoch (they fix the schedule and data position)"
-                )
-        # the schedule and the random streams must be the run's own, or "resume" trains something else
-        mine = {"total_steps": self.plan.total_steps, "warmup_steps": self.plan.warmup_steps,
-                "peak_lr": self.plan.peak_lr, "seed": self.cfg.seed}
-        for key, value in mine.items():
-            saved = doc.get(key)
-            if saved is not None and not math.isclose(saved, value, rel_tol=1e-9):
-                raise CheckpointError(
-                    f"{path}: {key} was {saved}, this run has {value}; resume with the run's own schedule "
-                    "and seed (or start a new run in another --out folder)"
-                )
-        for key in ("world_size", "per_device_batch", "num_workers"):
-            if doc.get(key) != self._layout()[key]:
-                logger.warning("resuming with %s=%s (checkpoint: %s): the data order will differ from "
-                               "the uninterrupted run", key, self._layout()[key], doc.get(key))
-
-    def _layout(self) -> dict[str, int]:
-        return {"world_size": self.env.world_size, "per_device_batch": self.plan.per_device_batch,
-                "num_workers": self.cfg.num_workers}
 
     # -- one optimizer step ---------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -305,37 +278,12 @@ class Trainer:
         loss = torch.stack(losses).mean()
         self.scaler.unscale_(self.optimizer)
         norm = grad_norm(self.params)
-        bad = self._bad(loss, norm)
+        bad = self.guard.is_bad(loss, norm)
         if self.cfg.clip_grad is not None:
             clip_to(self.params, self.cfg.clip_grad, norm)
-        self._apply(bad)
+        self.guard.step(self.optimizer, bad)
         self.optimizer.zero_grad(set_to_none=True)
-        self.guard.update(bad)
         return loss, norm, bad, lr
-
-    def _bad(self, loss: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-        """Whether this step is non-finite, decided identically on every rank.
-
-        The grad norm is taken after DDP's all-reduce, so it is the same everywhere (a non-finite
-        loss on any rank makes it non-finite). With fp16 an inf norm is the grad scaler's business
-        (overflow); there the local loss decides and the counters are all-reduced before any use.
-        """
-        if self.scaler.is_enabled():
-            return ~torch.isfinite(loss)
-        bad = ~torch.isfinite(norm)
-        return bad | ~torch.isfinite(loss) if not self.env.distributed else bad
-
-    def _apply(self, bad: torch.Tensor) -> None:
-        """The optimizer update, skipped on a bad step (on the device where possible)."""
-        if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # skips on inf/NaN gradients itself
-            self.scaler.update()
-        elif self.plan.fused_adamw:
-            self.optimizer.found_inf = bad.float()  # fused AdamW skips the update (and its step count)
-            self.optimizer.step()
-            del self.optimizer.found_inf
-        elif not bool(bad):  # host sync; plain AdamW has no device-side skip
-            self.optimizer.step()
 
     # -- the loop ------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -368,8 +316,7 @@ class Trainer:
                 window["loss"] += torch.where(bad, torch.zeros_like(loss), loss)
                 window["ok"] += (~bad).long()
                 window["steps"] += 1
-                if self.sync_each_step:
-                    self._check_now(bad, loss, norm)
+                self.guard.after_step(bad, loss, norm, self.step, report=self.env.is_main)
                 if self.step % self.cfg.log_every == 0 or self.step == end:
                     self._log(window, norm, lr, writer, bar, start)
                     window = self._new_window()
@@ -386,23 +333,13 @@ class Trainer:
         zero = torch.zeros((), device=self.device)
         return {"loss": zero.clone(), "ok": zero.long(), "steps": 0, "t0": time.perf_counter()}
 
-    def _check_now(self, bad: torch.Tensor, loss: torch.Tensor, norm: torch.Tensor) -> None:
-        """Per-step report of a skipped step (where host reads are free)."""
-        if bool(bad):
-            if self.env.is_main:
-                logger.warning("step %d: non-finite loss %s / grad norm %s: skipped the update",
-                               self.step, float(loss), float(norm))
-            self.guard.raise_if_exceeded(int(self.guard.run), self.step)
-
     def _log(self, window: dict[str, Any], norm: torch.Tensor, lr: float, writer: MetricsWriter | None,
              bar: Any, start: float) -> None:
         """All-reduce the window's loss and counters (one host sync), then report them."""
         sums = all_reduce_(torch.stack([window["loss"], window["ok"].float()]), self.env)
-        counters = all_reduce_(self.guard.counters(), self.env, op="max")
-        loss_sum, ok, max_run, skipped, gnorm = [*sums.tolist(), *counters.tolist(), float(norm)]
-        warning = self.guard.check(int(max_run), int(skipped), self.step)
-        if warning and not self.sync_each_step and self.env.is_main:
-            logger.warning(warning)
+        loss_sum, ok, gnorm = [*sums.tolist(), float(norm)]
+        skipped = self.guard.at_log(self.step, lambda t: all_reduce_(t, self.env, op="max"),
+                                    report=self.env.is_main)
         seconds = time.perf_counter() - window["t0"]
         sps = window["steps"] * self.plan.global_batch / max(seconds, 1e-9)
         record = {
@@ -447,33 +384,42 @@ class Trainer:
                 "num_params": self.model.num_params(), "flops_per_sample": self.flops_per_sample}
         atomic_write_bytes(self.run_dir / "plan.json", json.dumps(plan, indent=2).encode())
 
-    def state(self) -> dict[str, Any]:
-        """The JSON part of a checkpoint (besides model, optimizer, RNG and scaler)."""
-        return {
-            "epoch": self.step // self.plan.steps_per_epoch,
-            "step_in_epoch": self.step % self.plan.steps_per_epoch,
-            "samples_seen": self.step * self.plan.global_batch,
-            "global_batch": self.plan.global_batch,
-            "steps_per_epoch": self.plan.steps_per_epoch,
-            "total_steps": self.plan.total_steps,
-            "warmup_steps": self.plan.warmup_steps,
-            "peak_lr": self.plan.peak_lr,
-            "seed": self.cfg.seed,
-            **self._layout(),
-            "nonfinite": self.guard.state(),
-            "model_config": self.model.config.to_dict(),
-            "train_config": self.cfg.to_dict(),
-            "elapsed_s": self.elapsed_before + time.perf_counter() - self._t0,
-        }
+    def state(self) -> TrainState:
+        """What a checkpoint of the current step stores besides tensors (see :mod:`.state`)."""
+        cfg, plan = self.cfg, self.plan
+        return TrainState(
+            step=self.step, global_batch=plan.global_batch, steps_per_epoch=plan.steps_per_epoch,
+            total_steps=plan.total_steps, warmup_steps=plan.warmup_steps, peak_lr=plan.peak_lr,
+            min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=cfg.eps,
+            clip_grad=cfg.clip_grad, precision=plan.precision, seed=cfg.seed,
+            model_config=self.model.config.to_dict(), **self._layout(),
+            nonfinite=self.guard.state(), train_config=cfg.to_dict(),
+            elapsed_s=self.elapsed_before + time.perf_counter() - self._t0,
+        )
 
     def save(self) -> Path | None:
-        """Checkpoint the current step (rank 0 writes; every rank must call it)."""
-        path = None
-        if self.env.is_main:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.state(),
-                                        self.scaler, self.cfg.keep_last)
+        """Checkpoint the current step (rank 0 writes; every rank must call it).
+
+        A failed save (disk full, quota, I/O error) ends every rank at once with the error,
+        rather than leaving the others waiting for rank 0 until the collective timeout.
+        """
+        path = run_on_main(self._write_checkpoint, self.env, f"writing the checkpoint of step {self.step}")
+        if path is not None:
             self.last_checkpoint = path
         return path
+
+    def _layout(self) -> dict[str, int]:
+        return {"world_size": self.env.world_size, "per_device_batch": self.plan.per_device_batch,
+                "num_workers": self.cfg.num_workers}
+
+    def _export(self, model_dir: Path) -> None:
+        """``RUN_DIR/model`` as one unit: weights and config are never from two different saves."""
+        with atomic_dir(model_dir) as tmp:
+            self.model.save_pretrained(tmp)
+
+    def _write_checkpoint(self) -> Path:
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
+                                    self.state().to_json(), self.scaler, self.cfg.keep_last)
 
     def save_viz(self) -> Path | None:
         if self._viz_input is None:
@@ -490,8 +436,7 @@ class Trainer:
         model_dir = None
         if finished and self.cfg.export:
             model_dir = self.run_dir / MODEL_DIR
-            if self.env.is_main:
-                self.model.save_pretrained(model_dir)
+            run_on_main(lambda: self._export(model_dir), self.env, "exporting the model")
         barrier(self.env)
         final = next((r["loss"] for r in reversed(self.history)), None)
         result = RunResult(self.run_dir, self.step, self.plan.total_steps, finished, interrupted and not finished,
@@ -501,6 +446,31 @@ class Trainer:
             atomic_write_bytes(self.run_dir / "result.json",
                                json.dumps(result.to_dict(), indent=1, default=str).encode())
         return result
+
+
+def agreed_resume(config: TrainConfig, env: DistEnv) -> Path | None:
+    """The checkpoint to resume from, chosen by rank 0 and broadcast: every rank loads the same one.
+
+    Resolving ``--resume auto`` on each rank could pick different checkpoints when a shared file
+    system lags (a new ``step_*`` folder visible on one node only), and the replicas would
+    silently diverge.
+    """
+    chosen = None
+    if env.is_main:
+        path = ckpt.resolve_resume(config.resume, config.out_dir)
+        chosen = None if path is None else str(path)
+    chosen = broadcast_text(chosen, env)
+    return None if chosen is None else Path(chosen)
+
+
+def check_same_step(step: int, env: DistEnv) -> None:
+    """Raise on every rank unless all ranks resumed at the same step."""
+    low, high = agree_int(step, env)
+    if low != high:
+        raise CheckpointError(
+            f"ranks resumed at different steps ({low} .. {high}; this rank: {step}): the checkpoint "
+            "folder is not the same on every node (a lagging shared file system?)"
+        )
 
 
 def pretrain(config: TrainConfig, dataset: Any = None, model: AudioMAE | None = None) -> RunResult:
@@ -519,9 +489,10 @@ def pretrain(config: TrainConfig, dataset: Any = None, model: AudioMAE | None = 
     env = init_distributed(config.device, config.dist_timeout_s)
     try:
         trainer = Trainer(config, env, dataset=dataset, model=model)
-        path = ckpt.resolve_resume(config.resume, config.out_dir)
+        path = agreed_resume(config, env)
         if path is not None:
             trainer.resume(path)
+        check_same_step(trainer.step, env)
         return trainer.run()
     finally:
         if owned:

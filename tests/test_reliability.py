@@ -1,0 +1,119 @@
+"""Fault injection: untrusted inputs (model configs, weights, HEAR task splits, checkpoint state).
+
+Each test names the fault it injects and asserts what is kept: a clear error naming the file and
+field, raised before anything large is allocated or anything outside the input is read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from audiomaepp.errors import CheckpointError
+from audiomaepp.evaluation.tasks import TaskFormatError, read_task
+from audiomaepp.model import AudioMAE, AudioMAEConfig
+from audiomaepp.model.io import CONFIG_NAME, WEIGHTS_NAME, load_pretrained, save_pretrained
+
+MICRO = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+
+
+# ---- model config.json ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("num_heads", 0),  # today: ZeroDivisionError
+        ("patch_size", [0, 16]),  # today: ZeroDivisionError
+        ("img_size", [200]),  # today: IndexError
+        ("depth", -3),  # today: an encoder with no blocks
+        ("embed_dim", 10**7),  # today: allocates ~TBs before any check
+        ("num_heads", "8"),  # wrong type
+        ("decoder_depth", 2.5),  # wrong type
+        ("mlp_ratio", -1.0),
+        ("img_size", [10**6, 80]),  # 2.5e5 patches: quadratic attention, giant pos-embed
+        ("mask_ratio", 0.999),  # keeps no patch
+    ],
+)
+def test_malformed_model_config_is_refused_naming_file_and_field(tmp_path: Path, field: str, value) -> None:
+    """Fault: a config.json with a bounded field out of range or of the wrong type."""
+    save_pretrained(AudioMAE(AudioMAEConfig(**MICRO)), tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    meta["config"][field] = value
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(tmp_path)
+    assert str(tmp_path / CONFIG_NAME) in str(err.value) and field in str(err.value)
+
+
+def test_config_that_disagrees_with_weights_fails_before_allocating(tmp_path: Path, monkeypatch) -> None:
+    """Fault: config.json claims a far larger model than model.safetensors holds.
+
+    The header is compared with a meta-device model, so the real model is never built: building
+    one raises here, and the error names the mis-shaped keys and the weights file.
+    """
+    save_pretrained(AudioMAE(AudioMAEConfig(**MICRO)), tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    meta["config"].update(embed_dim=4096, num_heads=32)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    real_init = AudioMAE.__init__
+
+    def no_real_models(self, *a, **kw):
+        real_init(self, *a, **kw)
+        if next(self.parameters()).device.type != "meta":
+            raise AssertionError("a real model was allocated before the header check")
+
+    monkeypatch.setattr(AudioMAE, "__init__", no_real_models)
+    with pytest.raises(CheckpointError, match="mis-shaped") as err:
+        load_pretrained(tmp_path)
+    assert WEIGHTS_NAME in str(err.value)
+
+
+def test_truncated_weights_header_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """Fault: model.safetensors cut to 10 bytes."""
+    save_pretrained(AudioMAE(AudioMAEConfig(**MICRO)), tmp_path)
+    (tmp_path / WEIGHTS_NAME).write_bytes((tmp_path / WEIGHTS_NAME).read_bytes()[:10])
+    with pytest.raises(CheckpointError, match=WEIGHTS_NAME):
+        load_pretrained(tmp_path)
+
+
+def test_weights_with_an_extra_tensor_are_refused(tmp_path: Path) -> None:
+    """Fault: a weights file with an unexpected key; kept: the error lists it."""
+    model = AudioMAE(AudioMAEConfig(**MICRO))
+    save_pretrained(model, tmp_path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["evil"] = torch.zeros(3)
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    with pytest.raises(CheckpointError, match="unexpected key.*evil"):
+        load_pretrained(tmp_path)
+
+
+# ---- HEAR task split files ----------------------------------------------------------------------------
+def _task(root: Path, names: list[str]) -> Path:
+    root.mkdir(parents=True)
+    meta = {"task_name": "t", "embedding_type": "scene", "prediction_type": "multiclass",
+            "split_mode": "trainvaltest", "evaluation": ["top1_acc"]}
+    (root / "task_metadata.json").write_text(json.dumps(meta))
+    (root / "labelvocabulary.csv").write_text("idx,label\n0,a\n1,b\n")
+    for split in ("train", "valid", "test"):
+        (root / f"{split}.json").write_text(json.dumps({n: ["a"] for n in names}))
+        (root / "16000" / split).mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize("name", ["../../secret.wav", "/etc/passwd", "sub/../../x.wav", "..\\x.wav", "C:x.wav"])
+def test_task_file_names_cannot_leave_the_task_folder(tmp_path: Path, name: str) -> None:
+    """Fault: a split JSON naming a file outside ``16000/<split>/``; kept: nothing is read."""
+    (tmp_path / "secret.wav").write_bytes(b"RIFF")
+    root = _task(tmp_path / "task", ["ok.wav", name])
+    with pytest.raises(TaskFormatError, match="train.json") as err:
+        read_task(root, check_audio=False)
+    assert repr(name) in str(err.value)
+
+
+def test_task_with_plain_and_nested_names_is_accepted(tmp_path: Path) -> None:
+    """Control for the test above: ordinary names (also in sub-folders) still load."""
+    task = read_task(_task(tmp_path / "task", ["a.wav", "sub/b.wav"]), check_audio=False)
+    assert task.files("train") == ["a.wav", "sub/b.wav"]
