@@ -424,7 +424,7 @@ def test_make_embedder_specs(tmp_path, monkeypatch):
             return "dir-model"
 
     fake = types.ModuleType("audiomaepp.embedding")
-    fake.SceneEmbedder = FakeSceneEmbedder
+    fake.Embedder = FakeSceneEmbedder
     monkeypatch.setitem(sys.modules, "audiomaepp.embedding", fake)
     assert make_embedder("random:tiny", device="cpu", seed=4) == "random-model"
     assert make_embedder(str(tmp_path), device="cpu", batch_size=8, layout="release") == "dir-model"

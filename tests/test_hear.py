@@ -77,7 +77,7 @@ def test_time_major_layout(converted_dir):
     assert float(ts[0, 0]) == pytest.approx(15.0)  # centre of frames 0..3 (frame j is centred at j*10 ms)
     assert float(ts[0, -1]) <= 4300.0
     # step t is the 5 band tokens of patch row t of the first chunk
-    tokens = model.model.encode(_first_standardised_chunk(audio))
+    tokens = model.encoder(_first_standardised_chunk(audio))[:, 1:]
     torch.testing.assert_close(emb[0, 7], tokens[0, 35:40].reshape(-1), rtol=1e-4, atol=1e-4)
     scene = hear.get_scene_embeddings(audio, model)
     torch.testing.assert_close(scene, emb.mean(dim=1), rtol=1e-5, atol=1e-5)

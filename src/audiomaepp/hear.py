@@ -19,18 +19,19 @@ __all__ = ["load_model", "get_scene_embeddings", "get_timestamp_embeddings"]
 
 
 def load_model(model_file_path: str = "", **options) -> Embedder:
-    """Load a model directory (``save_pretrained`` / ``convert-release`` output).
+    """Load a model directory (``save_pretrained`` / ``convert-release`` output) or a Hugging Face
+    Hub repo id (``owner/name``; fetched into the Hub cache, ``HF_HUB_OFFLINE=1`` honoured).
 
     Options: ``layout`` ("release" | "time_major", default from the model's config), ``device``
     ("auto" | "cpu" | "cuda[:i]"), ``dtype`` ("auto" | "float32" | "bfloat16" | "float16"),
-    ``batch_size`` (2-s chunks per encoder call). With an empty path, ``preset="tiny"`` (etc.)
-    gives a randomly initialised model, for plumbing tests only.
+    ``batch_size`` (2-s chunks per encoder call), ``compile`` (default: on CUDA). With an empty
+    path, ``preset="tiny"`` (etc.) gives a randomly initialised model, for plumbing tests only.
     """
-    allowed = {"layout", "device", "dtype", "batch_size", "preset", "seed"}
+    allowed = {"layout", "device", "dtype", "batch_size", "compile", "preset", "seed"}
     unknown = set(options) - allowed
     if unknown:
         raise TypeError(f"load_model: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    kw = {k: options[k] for k in ("device", "dtype", "batch_size") if k in options}
+    kw = {k: options[k] for k in ("device", "dtype", "batch_size", "compile") if k in options}
     if model_file_path:
         return Embedder.from_dir(model_file_path, layout=options.get("layout"), **kw)
     if "preset" not in options:

@@ -4,7 +4,8 @@ Writes ``scene.npy`` ``(n_files, 5 D)`` float32 (a memory-mapped file, so millio
 sit in RAM), ``index.csv`` (row, status, seconds, steps, path), ``skipped.csv`` for files that
 could not be read, and with ``--timestamps`` one ``timestamps/<row>.npz`` (``embeddings``
 ``(S, 5 D)``, ``timestamps`` ``(S,)`` ms) per file. Decoding runs in worker processes, overlapped
-with the encoder.
+with the encoder (:func:`audiomaepp.embedding.embed_files`); a file that cannot be decoded, or
+whose decoder crashes its worker, is skipped and listed.
 """
 
 from __future__ import annotations
@@ -22,45 +23,23 @@ log = logging.getLogger("audiomaepp.embed")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="compute scene (and timestamp) embeddings for audio files")
-    p.add_argument("model_dir", help="model directory (save_pretrained / convert-release output)")
+    p.add_argument("model_dir", help="model directory (save_pretrained / convert-release output) or Hub repo id")
     p.add_argument("inputs", nargs="+", help="audio files, folders (recursive), globs or .txt lists")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--timestamps", action="store_true", help="also write timestamp embeddings")
     p.add_argument("--layout", choices=["release", "time_major"], help="token layout (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=256, help="2-s chunks per encoder call")
+    p.add_argument("--batch-size", type=int, default=None, help="2-s chunks per encoder call (default 64 on CPU, 256 on CUDA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.set_defaults(func=run)
 
 
-class _Decoded:
-    """Map-style dataset: row -> (row, waveform or None, error message)."""
-
-    def __init__(self, files: list[Path]) -> None:
-        self.files = files
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, row: int):
-        from ..audio import load_audio
-        from ..errors import InvalidAudioError
-
-        try:
-            return row, load_audio(self.files[row]), ""
-        except InvalidAudioError as exc:
-            return row, None, str(exc)
-        except OSError as exc:
-            return row, None, f"{self.files[row]}: {exc}"
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from ..audio import find_audio_files
-    from ..embedding import Embedder
+    from ..embedding import Embedder, embed_files
 
     files = find_audio_files(args.inputs)
     if not files:
@@ -74,36 +53,27 @@ def run(args: argparse.Namespace) -> int:
                                  layout=args.layout, dtype=args.dtype)
     scene = np.lib.format.open_memmap(out / "scene.npy", mode="w+", dtype=np.float32,
                                       shape=(len(files), embedder.scene_embedding_size))
-    loader = torch.utils.data.DataLoader(_Decoded(files), batch_size=None, num_workers=args.workers)
-    good_rows: list[int] = []  # position in the embedder's stream -> row
     samples: dict[int, int] = {}  # row -> samples at 16 kHz
     skipped: list[tuple[int, str]] = []
     bar = tqdm(total=len(files), unit="file", desc="embed")
-
-    def clips():  # decoded files in order; bad ones are recorded and left out
-        for row, wav, error in loader:
-            bar.update(1)
-            if wav is None:
-                skipped.append((row, error))
-                log.warning("skipped %s", error)
-                continue
-            good_rows.append(row)
-            samples[row] = len(wav)
-            yield wav
-
-    for pos, result in embedder.iter_embeddings(clips(), timestamps=args.timestamps):
-        row = good_rows[pos]
+    for item in embed_files(embedder, files, workers=args.workers, timestamps=args.timestamps,
+                            on_decoded=lambda _row: bar.update(1)):
+        if item.embedding is None:
+            skipped.append((item.row, item.error))
+            log.warning("skipped %s", item.error)
+            continue
+        samples[item.row] = item.num_samples
         if args.timestamps:
-            scene[row] = result.mean(dim=0).numpy()
-            stamps = embedder.plan(samples[row]).timestamps().numpy()
-            np.savez(out / "timestamps" / f"{row:08d}.npz", embeddings=result.numpy(), timestamps=stamps)
+            scene[item.row] = item.embedding.mean(axis=0)
+            stamps = embedder.plan(item.num_samples).timestamps().numpy()
+            np.savez(out / "timestamps" / f"{item.row:08d}.npz", embeddings=item.embedding, timestamps=stamps)
         else:
-            scene[row] = result.numpy()
+            scene[item.row] = item.embedding
     bar.close()
     scene.flush()
     _write_index(out, files, samples, skipped, embedder)
-    print(f"wrote {out}: {len(good_rows)} embedded, {len(skipped)} skipped; scene.npy {scene.shape}")
-    return 0 if good_rows else 1
+    print(f"wrote {out}: {len(samples)} embedded, {len(skipped)} skipped; scene.npy {scene.shape}")
+    return 0 if samples else 1
 
 
 def _write_index(out: Path, files: list[Path], samples: dict[int, int], skipped: list, embedder) -> None:

@@ -71,12 +71,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the evaluation; 0 on success, 2 on a bad input (message on stderr)."""
     from pathlib import Path
 
-    from ..evaluation import make_embedder, markdown_table, resolve_device, run_evaluation
+    from ..devices import resolve_device
+    from ..evaluation import make_embedder, markdown_table, run_evaluation
 
     if args.seeds < 1:
         print("error: --seeds must be at least 1", file=sys.stderr)
         return 2
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     cache = None if args.no_cache else (args.cache or str(Path(args.out) / "cache"))
     if args.mode != ["probe"]:
         return _run_modes(args, device, cache)

@@ -19,6 +19,7 @@ COMMANDS = [
     "prepare",
     "pretrain",
     "embed",
+    "export_onnx",
     "evaluate",
     "finetune",
     "predict",

@@ -1,6 +1,9 @@
-"""Frozen-encoder embeddings: chunking, token layouts, scene and timestamp embeddings."""
+"""The one path from audio to embeddings: decoding files (worker processes), chunking, the batched
+front end, the encoder (no decoder), pooling and token layouts."""
 
-from .extractor import Embedder, SceneEmbedder, resolve_device
+from .extractor import Embedder
+from .files import FileEmbedding, decode_file, embed_files
 from .layout import LAYOUTS, ChunkPlan, group_tokens, plan_chunks
 
-__all__ = ["Embedder", "SceneEmbedder", "resolve_device", "LAYOUTS", "ChunkPlan", "group_tokens", "plan_chunks"]
+__all__ = ["Embedder", "FileEmbedding", "decode_file", "embed_files", "LAYOUTS", "ChunkPlan",
+           "group_tokens", "plan_chunks"]

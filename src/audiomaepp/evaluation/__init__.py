@@ -13,7 +13,7 @@ score), ``runner`` (the protocol end to end), ``report`` (Markdown / CSV / JSON 
 """
 
 from .cache import embed_split
-from .embedders import Embedder, EmbedderError, LogMelStatsEmbedder, make_embedder, resolve_device
+from .embedders import ClipEmbedder, EmbedderError, LogMelStatsEmbedder, make_embedder
 from .metrics import METRICS, PERCENT_METRICS, compute_metrics
 from .probe import ProbeConfig, ProbeData, ProbeResult, train_probe
 from .report import markdown_table, write_report
@@ -22,11 +22,10 @@ from .stats import mean_ci, normalized_scores, t_quantile
 from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task
 
 __all__ = [
-    "Embedder",
+    "ClipEmbedder",
     "EmbedderError",
     "LogMelStatsEmbedder",
     "make_embedder",
-    "resolve_device",
     "embed_split",
     "Task",
     "Fold",

@@ -5,8 +5,10 @@ Layout: ``<cache_dir>/<slug(embedder.cache_key)>/<slug(task name)>/<split>.npy``
 shape and a fingerprint of the split's audio files: names, sizes, modification times). A cache
 entry is used only when key and fingerprint match, so edited audio or another model re-embeds.
 
-Every listed file must load: a task with a missing example is not comparable across models, so a
-file that fails to decode stops the evaluation with an error naming it.
+Embeddings are computed by the one embedding loop, :func:`audiomaepp.embedding.embed_files`
+(decoding, optionally in worker processes, and batched encoding). Every listed file must load: a
+task with a missing example is not comparable across models, so a file that fails to decode stops
+the evaluation with an error naming it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..audio import load_audio
+from ..embedding.files import embed_files
 from ..errors import InvalidAudioError
 from ..fileio import atomic_path, atomic_write_json
-from .embedders import Embedder, EmbedderError
+from .embedders import ClipEmbedder, EmbedderError
 from .tasks import Task
 
 __all__ = ["cache_slug", "split_fingerprint", "embed_split"]
@@ -45,7 +47,7 @@ def split_fingerprint(task: Task, split: str) -> str:
     return h.hexdigest()
 
 
-def _paths(cache_dir: Path, embedder: Embedder, task: Task, split: str) -> tuple[Path, Path]:
+def _paths(cache_dir: Path, embedder: ClipEmbedder, task: Task, split: str) -> tuple[Path, Path]:
     folder = Path(cache_dir) / cache_slug(embedder.cache_key) / cache_slug(task.name)
     return folder / f"{split}.npy", folder / f"{split}.json"
 
@@ -73,7 +75,22 @@ def _save(emb: np.ndarray, npy: Path, meta_path: Path, meta: dict) -> None:
     atomic_write_json(meta_path, meta)
 
 
-def _check_output(emb: np.ndarray, embedder: Embedder, n: int) -> np.ndarray:
+def _compute(embedder: ClipEmbedder, task: Task, split: str, workers: int, progress: bool) -> np.ndarray:
+    """Decode and embed the split -> ``(n, d)`` float32, rows in ``task.files(split)`` order."""
+    files = task.files(split)
+    rows: list[np.ndarray] = []
+    bar = tqdm(total=len(files), desc=f"embed {embedder.name} / {task.name} / {split}",
+               unit="clip", disable=not progress, leave=False)
+    paths = [task.audio_path(split, f) for f in files]
+    for item in embed_files(embedder, paths, workers=workers, on_decoded=lambda _row: bar.update(1)):
+        if item.embedding is None:
+            raise InvalidAudioError(f"task {task.name}, split {split}: {item.error}")
+        rows.append(item.embedding)
+    bar.close()
+    return _check_output(np.stack(rows) if rows else np.zeros((0, 0), np.float32), embedder, len(files))
+
+
+def _check_output(emb: np.ndarray, embedder: ClipEmbedder, n: int) -> np.ndarray:
     emb = np.asarray(emb)
     if emb.ndim != 2 or len(emb) != n:
         raise EmbedderError(f"embedder {embedder.name}: expected ({n}, d) embeddings, got {emb.shape}")
@@ -82,37 +99,20 @@ def _check_output(emb: np.ndarray, embedder: Embedder, n: int) -> np.ndarray:
     return emb.astype(np.float32, copy=False)
 
 
-def _compute(embedder: Embedder, task: Task, split: str, chunk_size: int, progress: bool) -> np.ndarray:
-    """Load and embed the split ``chunk_size`` files at a time -> ``(n, d)`` float32."""
-    files = task.files(split)
-    parts = []
-    bar = tqdm(total=len(files), desc=f"embed {embedder.name} / {task.name} / {split}",
-               unit="clip", disable=not progress, leave=False)
-    for s in range(0, len(files), chunk_size):
-        names = files[s : s + chunk_size]
-        clips = []
-        for f in names:
-            try:
-                clips.append(load_audio(task.audio_path(split, f)))
-            except InvalidAudioError as exc:
-                raise InvalidAudioError(f"task {task.name}, split {split}: {exc}") from exc
-        parts.append(_check_output(embedder.embed(clips), embedder, len(clips)))
-        bar.update(len(names))
-    bar.close()
-    return np.concatenate(parts)
-
-
 def embed_split(
-    embedder: Embedder,
+    embedder: ClipEmbedder,
     task: Task,
     split: str,
     cache_dir: str | Path | None = None,
-    chunk_size: int = 64,
+    workers: int = 0,
     progress: bool = False,
 ) -> np.ndarray:
-    """Scene embeddings ``(n, d)`` float32 of ``split``, from the cache when it is valid."""
+    """Scene embeddings ``(n, d)`` float32 of ``split``, from the cache when it is valid.
+
+    ``workers``: decoding processes (0: decode here; task clips are short, and starting a process
+    costs about as much as decoding a few hundred of them)."""
     if cache_dir is None:
-        return _compute(embedder, task, split, chunk_size, progress)
+        return _compute(embedder, task, split, workers, progress)
     npy, meta_path = _paths(Path(cache_dir), embedder, task, split)
     fingerprint = split_fingerprint(task, split)
     n = len(task.files(split))
@@ -120,7 +120,7 @@ def embed_split(
     if emb is not None:
         log.debug("embedding cache hit %s", npy)
         return emb
-    emb = _compute(embedder, task, split, chunk_size, progress)
+    emb = _compute(embedder, task, split, workers, progress)
     meta = {"cache_key": embedder.cache_key, "embedder": embedder.name, "task": task.name,
             "task_dir": str(task.path.resolve()), "split": split, "shape": list(emb.shape),
             "fingerprint": fingerprint}

@@ -1,8 +1,9 @@
-"""What evaluation needs from a model: the :class:`Embedder` protocol, the log-mel baseline and
-the ``make_embedder`` factory for command-line specs.
+"""What evaluation needs from a model: the :class:`ClipEmbedder` protocol, the log-mel baseline
+and the ``make_embedder`` factory for command-line specs.
 
-Model embedders (``random:<preset>``, a model directory) come from :mod:`audiomaepp.embedding`,
-imported only when such a spec is used, so evaluation runs with the baseline alone.
+Model embedders (``random:<preset>``, a model directory or Hub repo id) are
+:class:`audiomaepp.embedding.Embedder` objects, imported only when such a spec is used, so
+evaluation runs with the baseline alone.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ..devices import resolve_device as _resolve_device
+from ..devices import resolve_device
 from ..errors import AudioMAEError
 from ..frontend import log_mel
 
-__all__ = ["Embedder", "LogMelStatsEmbedder", "make_embedder", "resolve_device", "EmbedderError"]
+__all__ = ["ClipEmbedder", "LogMelStatsEmbedder", "make_embedder", "EmbedderError"]
 
 
 class EmbedderError(AudioMAEError, ValueError):
@@ -26,8 +27,9 @@ class EmbedderError(AudioMAEError, ValueError):
 
 
 @runtime_checkable
-class Embedder(Protocol):
-    """Maps whole clips to scene embeddings.
+class ClipEmbedder(Protocol):
+    """Maps whole clips to scene embeddings: :class:`audiomaepp.embedding.Embedder`, the log-mel
+    baseline, or any object of this shape.
 
     ``name``: row label in reports. ``cache_key``: changes whenever the embeddings would (weights,
     layout, front end), so cached embeddings are never reused across models. Optionally
@@ -75,11 +77,6 @@ class LogMelStatsEmbedder:
         return out
 
 
-def resolve_device(device: str = "auto") -> str:
-    """The device name :func:`audiomaepp.devices.resolve_device` picks (``auto`` -> cuda or cpu)."""
-    return str(_resolve_device(device))
-
-
 def make_embedder(
     spec: str,
     *,
@@ -87,33 +84,35 @@ def make_embedder(
     batch_size: int | None = None,
     seed: int = 0,
     layout: str | None = None,
-) -> Embedder:
+) -> ClipEmbedder:
     """Build an embedder from a spec string.
 
     - ``logmel``: :class:`LogMelStatsEmbedder` (CPU, ignores ``device``).
-    - ``random:<preset>``: ``SceneEmbedder.random_init(preset, seed=seed, device=..., batch_size=...)``,
+    - ``random:<preset>``: ``Embedder.random_init(preset, seed=seed, device=..., batch_size=...)``,
       the random-init encoder baseline.
-    - anything else: a model directory, ``SceneEmbedder.from_dir(path, device=..., batch_size=...,
-      layout=...)``. ``batch_size`` / ``layout`` are passed only when given.
+    - anything else: a model directory or Hub repo id, ``Embedder.from_dir(path, device=...,
+      batch_size=..., layout=...)``. ``batch_size`` / ``layout`` are passed only when given.
     """
-    from ..embedding import SceneEmbedder  # lazy: the log-mel baseline needs no model code
+    from ..embedding import Embedder  # lazy: the log-mel baseline needs no model code
 
     if spec == "logmel":
         return LogMelStatsEmbedder(**({"batch_size": batch_size} if batch_size else {}))
-    kwargs: dict[str, Any] = {"device": resolve_device(device)}
+    kwargs: dict[str, Any] = {"device": str(resolve_device(device))}
     if batch_size:
         kwargs["batch_size"] = batch_size
     if spec.startswith("random:"):
         preset = spec.split(":", 1)[1]
         if not preset:
             raise EmbedderError(f"model spec {spec!r}: expected random:<preset>, e.g. random:base")
-        return SceneEmbedder.random_init(preset, seed=seed, **kwargs)
-    path = Path(spec)
-    if not path.is_dir():
+        return Embedder.random_init(preset, seed=seed, **kwargs)
+    from ..export.hub import REPO_ID
+
+    if not Path(spec).is_dir() and not REPO_ID.match(spec):
         raise EmbedderError(
-            f"model spec {spec!r}: not 'logmel', not 'random:<preset>' and not a model directory"
+            f"model spec {spec!r}: not 'logmel', not 'random:<preset>', not a model directory "
+            "and not a Hub repo id (owner/name)"
         )
     if layout is not None:
         kwargs["layout"] = layout
-    return SceneEmbedder.from_dir(path, **kwargs)
+    return Embedder.from_dir(Path(spec) if Path(spec).is_dir() else spec, **kwargs)
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .cache import embed_split
-from .embedders import Embedder, EmbedderError, make_embedder
+from .embedders import ClipEmbedder, EmbedderError, make_embedder
 from .probe import ProbeConfig, ProbeData, train_probe
 from .stats import mean_ci, normalized_scores
 from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task
@@ -117,7 +117,7 @@ def _fold_data(task: Task, fold: Fold, emb: dict[str, np.ndarray], ys: dict[str,
     return train, ProbeData(emb[fold.valid], ys[fold.valid]), ProbeData(emb[fold.test], ys[fold.test])
 
 
-def _embed_task(embedder: Embedder, task: Task, cache_dir, progress: bool) -> dict[str, np.ndarray]:
+def _embed_task(embedder: ClipEmbedder, task: Task, cache_dir, progress: bool) -> dict[str, np.ndarray]:
     emb = {s: embed_split(embedder, task, s, cache_dir, progress=progress) for s in task.split_names}
     dims = {e.shape[1] for e in emb.values()}
     if len(dims) != 1:
@@ -126,7 +126,7 @@ def _embed_task(embedder: Embedder, task: Task, cache_dir, progress: bool) -> di
 
 
 def evaluate_task(
-    embedder: Embedder,
+    embedder: ClipEmbedder,
     task: Task,
     seeds: Sequence[int],
     cfg: ProbeConfig | None = None,
@@ -157,7 +157,7 @@ def evaluate_task(
                       next(iter(emb.values())).shape[1], task.prediction_type, task.split_mode)
 
 
-def _unique_names(embedders: list[Embedder]) -> list[str]:
+def _unique_names(embedders: list[ClipEmbedder]) -> list[str]:
     """Report row labels: embedder names, made unique with ``#2``, ``#3`` suffixes."""
     seen: dict[str, int] = {}
     names = []
@@ -177,7 +177,7 @@ def _read_tasks(task_dirs: Sequence[str | Path]) -> list[Task]:
 
 
 def run_evaluation(
-    embedders: Sequence[Embedder | str],
+    embedders: Sequence[ClipEmbedder | str],
     task_dirs: Sequence[str | Path],
     out_dir: str | Path | None = None,
     seeds: int | Sequence[int] = 10,
@@ -188,7 +188,7 @@ def run_evaluation(
 ) -> EvaluationResult:
     """Evaluate every embedder on every task; write the report to ``out_dir`` when given.
 
-    ``embedders``: :class:`Embedder` objects or spec strings for :func:`make_embedder`.
+    ``embedders``: :class:`ClipEmbedder` objects or spec strings for :func:`make_embedder`.
     ``task_dirs``: task folders or folders of task folders. ``seeds``: a count (seeds 0..n-1)
     or explicit seeds. ``cache_dir``: embedding cache (None: no cache). ``probe`` /
     ``probe_overrides`` (e.g. ``max_epochs=30``): :class:`ProbeConfig` fields.

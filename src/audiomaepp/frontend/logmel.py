@@ -115,22 +115,28 @@ class LogMelFrontend(torch.nn.Module):
             # reflect padding needs more than half a window of samples: pad with silence, then
             # keep the frame count of the unpadded clip.
             wav = torch.nn.functional.pad(wav, (0, self.cfg.n_fft // 2 + 1 - wav.shape[-1]))
-        with torch.autocast(device_type=wav.device.type, enabled=False):
+        padded = torch.nn.functional.pad(wav.unsqueeze(1), (self.cfg.n_fft // 2,) * 2, mode="reflect")
+        return self.frames(padded.squeeze(1))[:, :frames].unsqueeze(1)  # (B, 1, T, 80)
+
+    def frames(self, segments: torch.Tensor) -> torch.Tensor:
+        """Log-mel of already padded samples, no centring: ``(B, n_fft + hop * (T - 1))`` ->
+        ``(B, T, 80)``. One STFT call for the whole batch; :meth:`forward` is this after reflect
+        padding, and the embedding path feeds it equal-length 2-s segments cut from many clips."""
+        with torch.autocast(device_type=segments.device.type, enabled=False):
             spec = torch.stft(
-                wav,
+                segments.float(),
                 n_fft=self.cfg.n_fft,
                 hop_length=self.cfg.hop_length,
                 win_length=self.cfg.n_fft,
                 window=self.window,
-                center=True,
-                pad_mode="reflect",
+                center=False,
                 normalized=False,
                 onesided=True,
                 return_complex=True,
             )  # (B, 201, T)
             power = spec.abs().pow(2.0)
             mel = torch.matmul(power.transpose(-1, -2), self.fbank)  # (B, T, 80)
-            return torch.log(mel[:, :frames] + LOG_EPS).unsqueeze(1)  # (B, 1, T, 80)
+            return torch.log(mel + LOG_EPS)
 
 
 _DEFAULT: dict[torch.device, LogMelFrontend] = {}

@@ -98,6 +98,10 @@ class Encoder(nn.Module):
         """Patch tokens with positions, ``(B, L, D)``."""
         return self.patch_embed(x) + self.pos_embed[:, 1:]
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Unmasked encoding (feature extraction): log-mel ``(B, 1, 200, 80)`` -> ``(B, 1 + L, D)``."""
+        return self.run(self.embed(x))
+
     def run(self, tokens: torch.Tensor, patch_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Prepend cls, run the blocks and the final norm: ``(B, N, D)`` -> ``(B, 1 + N, D)``.
 
@@ -201,7 +205,7 @@ class AudioMAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """All 250 patch tokens without masking, cls dropped, time-major: ``(B, L, D)``."""
         self.check_input(x)
-        return self.encoder.run(self.encoder.embed(x))[:, 1:]
+        return self.encoder(x)[:, 1:]
 
     forward_features = encode  # timm-style alias
 
@@ -210,6 +214,12 @@ class AudioMAE(nn.Module):
         """Parameters including the fixed position tables and the unused LN3, as the spec counts."""
         module = self.encoder if encoder_only else self
         return sum(p.numel() for p in module.parameters())
+
+    def encoder_flops_per_chunk(self) -> float:
+        """Matmul FLOPs of feature extraction for one 2-s chunk: unmasked encoder, 1 + 250 tokens."""
+        cfg = self.config
+        patch = 2 * cfg.num_patches * cfg.patch_dim * cfg.embed_dim
+        return float(patch + _stack_flops(cfg.depth, cfg.embed_dim, 1 + cfg.num_patches, cfg.block, cfg.mlp_ratio))
 
     def flops_per_sample(self) -> float:
         """Approximate training FLOPs per sample (forward + backward = 3x forward matmuls)."""
@@ -223,9 +233,17 @@ class AudioMAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> AudioMAE:
+        """A model directory, or a Hugging Face Hub repo id (``owner/name``, via the Hub cache)."""
+        from ..export.hub import resolve_model_dir
         from .io import load_pretrained
 
-        return load_pretrained(directory, map_location=map_location)
+        return load_pretrained(resolve_model_dir(directory), map_location=map_location)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload as a model directory with a generated model card (see :mod:`audiomaepp.export.hub`)."""
+        from ..export.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 def _stack_flops(depth: int, dim: int, tokens: int, block: str, mlp_ratio: float) -> float:
