@@ -166,7 +166,8 @@ def _per_member_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     ``torch.bmm`` picks its CPU kernel by batch size, so a member's product could change in the
     last bit with the size of the stack; separate products cannot."""
-    return torch.stack([(a if a.dim() == 2 else a[i]) @ b[i] for i in range(len(b))])
+    lhs = [a] * len(b) if a.dim() == 2 else a.unbind(0)  # unbind: indexing's backward would
+    return torch.stack([x @ w for x, w in zip(lhs, b.unbind(0), strict=True)])  # zero-fill (M, ...) per member
 
 
 def _hidden(w: ProbeWeights, x: torch.Tensor) -> torch.Tensor:
@@ -284,7 +285,7 @@ def fit_members(
             masks = torch.stack([_dropout_mask(sl.stop - sl.start, cfg.hidden_dim, members[i].dropout, gens[i])
                                  for i in active]).to(device)
             logits = _logits_train(w, x[sl], masks)
-            loss = torch.stack([_member_loss(logits[r], y[sl], prediction_type) for r in range(len(active))]).sum()
+            loss = torch.stack([_member_loss(z, y[sl], prediction_type) for z in logits.unbind(0)]).sum()
             loss.backward()  # the sum's gradient is 1 for every member: members stay independent
             opt.step()
         # Lightning validates after epochs 3, 6, ...; a run shorter than one interval checks at its end
