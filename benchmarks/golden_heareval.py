@@ -115,6 +115,21 @@ def kit_scores(work: Path, name: str) -> dict[str, list[float]]:
 
 # ---- stage 3: ours, side by side ---------------------------------------------------------------------------
 def our_scores(work: Path, name: str, seeds: int) -> tuple[dict[str, list[float]], float]:
+    """Per task, our per-seed test scores; cached in ``W/ours/<name>.json`` (delete it after changing
+    the probe) so that a killed comparison resumes."""
+    cache = work / "ours" / f"{name}.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved["seeds"] == seeds:
+            return saved["scores"], saved["seconds"]
+    scores, seconds = _score_ours(work, name, seeds)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"seeds": seeds, "scores": scores, "seconds": seconds,
+                                 "torch_threads": __import__("torch").get_num_threads()}, indent=1))
+    return scores, seconds
+
+
+def _score_ours(work: Path, name: str, seeds: int) -> tuple[dict[str, list[float]], float]:
     from audiomaepp.evaluation import probe_task, read_task
 
     corpus = work / "corpus" / "tasks"
@@ -191,7 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--embedders", nargs="+", default=["logmel", "audiomaepp"])
     p.add_argument("--fixture", action="store_true", help="also write the CI fixture (compare)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for our probe (compare)")
     a = p.parse_args(argv)
+    if a.threads:
+        __import__("torch").set_num_threads(a.threads)
     if a.stage == "prepare":
         prepare(a.work, a.steps)
     elif a.stage == "kit":

@@ -647,6 +647,12 @@ def test_cli_evaluate(tasks_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| Model | tones | s(m) |" in printed and "| logmel |" in printed
     assert (out / "results.md").is_file() and any((out / "cache").rglob("*.npy"))
+    assert json.loads((out / "results.json").read_text())["config"]["probe"]["standardize"] is False
+    dev = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models", "logmel", "--out",
+                             str(tmp_path / "dev"), "--seeds", "2", "--max-epochs", "3", "--quiet",
+                             "--device", "cpu", "--standardize"])
+    assert dev.func(dev) == 0 and "| logmel |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "dev" / "results.json").read_text())["config"]["probe"]["standardize"] is True
     bad = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models",
                              str(tmp_path / "no-model"), "--out", str(out), "--quiet"])
     assert bad.func(bad) == 2
