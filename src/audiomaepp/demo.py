@@ -265,14 +265,15 @@ def loss_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def loss_table(curves: dict[str, list[tuple[int, float]]], steps: int, columns: int = 5) -> str:
-    """Both loss curves at a few steps, as a Markdown table (the loss logged nearest each step)."""
-    marks = sorted({max(1, round(steps * k / (columns - 1))) for k in range(columns)})
+    """Both loss curves at a few logged steps (those nearest to evenly spaced marks), as Markdown."""
+    logged = sorted({s for pts in curves.values() for s, _ in pts})
+    targets = [max(1, round(steps * k / (columns - 1))) for k in range(columns)]
+    marks = sorted({min(logged, key=lambda s: abs(s - t)) for t in targets}) if logged else targets
     lines = ["| pretraining loss at step | " + " | ".join(str(m) for m in marks) + " |",
              "|---|" + "---:|" * len(marks)]
     for name, pts in curves.items():
-        cells = []
-        for m in marks:
-            cells.append(f"{min(pts, key=lambda p: abs(p[0] - m))[1]:.3f}" if pts else "n/a")
+        by_step = dict(pts)
+        cells = [f"{by_step[m]:.3f}" if m in by_step else "n/a" for m in marks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
