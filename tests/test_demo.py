@@ -12,9 +12,12 @@ from audiomaepp.demo import DemoConfig, compare, judge, run_demo
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(out=str(out), steps=12, probe_seeds=2, probe_max_epochs=30, device="cpu",
-                     corpus=dict(n_pool=16, n_per_task=40), progress=False)
-    return run_demo(cfg)
+    return run_demo(_small_config(out))
+
+
+def _small_config(out) -> DemoConfig:
+    return DemoConfig(out=str(out), steps=12, probe_seeds=2, probe_max_epochs=30, device="cpu",
+                      corpus=dict(n_pool=16, n_per_task=40), progress=False)
 
 
 def test_demo_writes_the_report(demo):
@@ -40,14 +43,48 @@ def test_demo_table_has_the_four_models(demo):
     assert meta["steps"] == 12 and len(meta["verdicts"]) == 2
 
 
+def _expected_answer(result: dict, a: str, b: str) -> tuple[str, int, int]:
+    """The verdict recomputed from the per-seed scores in results.json, independently of demo.py."""
+    from audiomaepp.evaluation import mean_ci
+
+    wins = losses = 0
+    for task in result["tasks"]:
+        (ma, ca), (mb, cb) = (mean_ci(result["results"][m][task]["seed_scores"]) for m in (a, b))
+        if abs(ma - mb) > ca + cb:
+            wins, losses = wins + (ma > mb), losses + (ma < mb)
+    better = result["normalized_score"][a] > result["normalized_score"][b]
+    if wins == losses == 0:
+        return "Not clearly", wins, losses
+    if better and wins > losses:
+        return "Yes", wins, losses
+    if not better and losses > wins:
+        return "No", wins, losses
+    return "Mixed", wins, losses
+
+
 def test_verdicts_follow_the_numbers(demo):
     result = json.loads((demo.out / "report" / "results.json").read_text())
     scores = result["normalized_score"]
     for line, (a, b) in zip(demo.verdicts, [("AudioMAE++", "random init"), ("AudioMAE++", "MAE (vanilla)")],
                             strict=True):
         assert f"normalized score {scores[a]:.1f} vs {scores[b]:.1f}" in line
-        if scores[a] < scores[b]:
-            assert "**Yes**" not in line  # never claims a win it did not measure
+        answer, wins, losses = _expected_answer(result, a, b)
+        assert f"**{answer}**" in line
+        assert f"clearly better (95 % CIs disjoint) on {wins} of" in line and f"clearly worse on {losses}," in line
+
+
+def test_demo_shows_both_loss_curves(demo):
+    from audiomaepp.demo import loss_curve
+
+    assert (demo.out / "report" / "loss_curves.png").is_file()
+    rows = [r for r in demo.losses.splitlines() if r.startswith("| ")]
+    assert rows[0].startswith("| pretraining loss at step |") and rows[0].rstrip(" |").endswith("12")
+    for name, run in (("AudioMAE++", "audiomaepp"), ("MAE (vanilla)", "mae_vanilla")):
+        curve = loss_curve(demo.out / "runs" / run)
+        assert curve and curve[-1][0] == 12
+        row = next(r for r in rows if r.startswith(f"| {name} |"))
+        assert row.split("|")[-2].strip() == f"{curve[-1][1]:.3f}"  # the last column is the final loss
+    assert demo.losses in (demo.out / "DEMO.md").read_text()
 
 
 class _R:
@@ -85,8 +122,19 @@ def test_answers_are_symmetric_and_never_overclaim():
     from audiomaepp.demo import _answer
 
     assert _answer(True, 2, 0) == "Yes" and _answer(False, 0, 2) == "No"
-    assert _answer(True, 0, 0) == "Not clearly" and _answer(False, 0, 0) == "No"
+    assert _answer(True, 0, 0) == "Not clearly" and _answer(False, 0, 0) == "Not clearly"
     assert _answer(True, 0, 1) == "Mixed" and _answer(False, 1, 0) == "Mixed"
+    assert _answer(True, 1, 1) == "Mixed" and _answer(False, 1, 1) == "Mixed"
+
+
+def test_demo_defaults_are_machine_independent():
+    cfg = DemoConfig()
+    assert cfg.minutes is None and cfg.steps > 0 and cfg.threads == 2 and cfg.probe_seeds == 10
+
+
+def test_same_seed_prints_the_same_table(demo, tmp_path):
+    again = run_demo(_small_config(tmp_path / "again"))
+    assert again.table == demo.table and again.verdicts == demo.verdicts and again.losses == demo.losses
 
 
 def test_rerun_with_other_steps_starts_afresh(demo, tmp_path):

@@ -37,7 +37,6 @@ from audiomaepp.evaluation import (
     read_task,
     run_evaluation,
     t_quantile,
-    train_probe,
 )
 from audiomaepp.evaluation.metrics import (
     aucroc,
@@ -47,7 +46,16 @@ from audiomaepp.evaluation.metrics import (
     mean_average_precision,
     top1_acc,
 )
-from audiomaepp.evaluation.probe import build_probe, standardize
+from audiomaepp.evaluation.probe import (
+    Member,
+    fit_members,
+    grid_order,
+    init_weights,
+    predict,
+    probe_folds,
+    select_dropout,
+    standardize,
+)
 from audiomaepp.evaluation.stats import betainc, student_t_cdf
 from audiomaepp.frontend import log_mel
 
@@ -276,7 +284,10 @@ def test_top1_and_chroma_accuracy():
     targets = np.eye(3)[[1, 0, 1, 2]]
     assert top1_acc(scores, targets) == pytest.approx(0.5)
     multi = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=np.float32)
-    assert top1_acc(scores, multi) == pytest.approx(0.75)  # a hit on any true label
+    # the kit compares argmax(pred) with argmax(target): a multilabel row counts its first label only
+    assert top1_acc(scores, multi) == pytest.approx(0.5)
+    tied = np.array([[0.4, 0.4, 0.2], [0.4, 0.4, 0.2]])
+    assert top1_acc(tied, np.eye(3)[[0, 1]]) == pytest.approx(0.5)  # a tie goes to the first class
     scores13 = np.zeros((2, 13))
     scores13[0, 12], scores13[1, 5] = 1, 1
     assert chroma_acc(scores13, np.eye(13)[[0, 6]]) == pytest.approx(0.5)  # 12 == 0 mod 12
@@ -287,14 +298,16 @@ def test_average_precision_by_hand():
     assert average_precision(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0])) == pytest.approx(5 / 6)
     # one tied block of {+, -}: a single threshold with precision 1/2
     assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)
-    assert math.isnan(average_precision(np.array([0.3, 0.2]), np.array([0, 0])))
+    # ties inside a ranking: 0.9(+) then a block {0.5(-), 0.5(+)}: steps at 1/1 and 2/3
+    assert average_precision(np.array([0.9, 0.5, 0.5]), np.array([1, 0, 1])) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert average_precision(np.array([0.3, 0.2]), np.array([0, 0])) == 0.0  # scikit-learn >= 1.1
 
 
-def test_mean_average_precision_skips_classes_without_positives():
+def test_mean_average_precision_counts_absent_classes_as_zero():
     scores = np.array([[0.9, 0.2, 0.1], [0.8, 0.6, 0.3], [0.7, 0.1, 0.9], [0.1, 0.3, 0.2]])
     targets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
-    # class 0: 5/6; class 1: its positive ranks first -> 1; class 2: no positives -> skipped
-    assert mean_average_precision(scores, targets) == pytest.approx((5 / 6 + 1) / 2)
+    # class 0: 5/6; class 1: its positive ranks first -> 1; class 2: no positive -> 0 (sklearn's macro)
+    assert mean_average_precision(scores, targets) == pytest.approx((5 / 6 + 1 + 0) / 3)
 
 
 def test_aucroc_and_d_prime_by_hand():
@@ -304,6 +317,10 @@ def test_aucroc_and_d_prime_by_hand():
     assert d_prime(scores, targets) == pytest.approx(math.sqrt(2) * 0.6744897501960817)
     tied = aucroc(np.array([[0.5], [0.5], [0.2]]), np.array([[1], [0], [0]]))
     assert tied == pytest.approx(0.75)  # a tie counts one half
+    two = np.array([[0.9, 0.1], [0.2, 0.3], [0.8, 0.5]])
+    assert math.isnan(aucroc(two, np.array([[1, 0], [0, 0], [1, 0]])))  # class 1 has no positive
+    assert math.isnan(d_prime(two, np.array([[1, 0], [0, 0], [1, 0]])))
+    assert d_prime(two[:, :1], np.array([[1], [0], [1]])) == math.inf  # perfect ranking: no clipping
 
 
 # --------------------------------------------------------------------------- statistics
@@ -349,15 +366,75 @@ def test_normalized_scores_by_hand():
 # --------------------------------------------------------------------------- probe
 
 
-def test_probe_architecture_and_init():
-    torch.manual_seed(0)
-    model = build_probe(160, 5, 1024, 0.25)
-    kinds = [type(m).__name__ for m in model]
-    assert kinds == ["Linear", "BatchNorm1d", "Dropout", "ReLU", "Linear"]
-    assert model[0].weight.shape == (1024, 160) and model[4].weight.shape == (5, 1024)
-    assert model[2].p == 0.25
-    assert float(model[0].bias.detach().abs().sum()) == 0 and float(model[4].bias.detach().abs().sum()) == 0
-    assert float(model[0].weight.detach().std()) == pytest.approx(math.sqrt(2 / (160 + 1024)), rel=0.05)
+def _kit_probe(d: int, c: int, hidden: int, dropout: float) -> torch.nn.Sequential:
+    """hear-eval-kit's FullyConnectedPrediction (1 hidden layer, xavier-normal) built with nn modules,
+    in the kit's order of construction and initialisation."""
+    first = torch.nn.Linear(d, hidden)
+    torch.nn.init.xavier_normal_(first.weight, gain=torch.nn.init.calculate_gain("linear"))
+    mods = [first, torch.nn.BatchNorm1d(hidden), torch.nn.Dropout(dropout), torch.nn.ReLU()]
+    last = torch.nn.Linear(hidden, c)
+    torch.nn.init.xavier_normal_(last.weight, gain=torch.nn.init.calculate_gain("relu"))
+    return torch.nn.Sequential(*mods, last)
+
+
+def test_probe_init_is_the_kits_draw_for_the_same_seed():
+    torch.manual_seed(7)
+    kit = _kit_probe(40, 5, 64, 0.1)
+    ours = init_weights(40, 5, 64, torch.Generator().manual_seed(7))
+    assert torch.equal(ours.w1, kit[0].weight.detach().t()) and torch.equal(ours.b1, kit[0].bias.detach())
+    assert torch.equal(ours.w2, kit[4].weight.detach().t()) and torch.equal(ours.b2, kit[4].bias.detach())
+    assert float(ours.b1.abs().max()) > 0  # PyTorch's default bias init, as the kit keeps it
+    assert torch.equal(ours.gamma, torch.ones(64)) and torch.equal(ours.running_var, torch.ones(64))
+
+
+@pytest.mark.parametrize("prediction_type", ["multiclass", "multilabel"])
+def test_probe_step_matches_the_kits_modules(prediction_type):
+    """One training step and an eval pass of the stacked probe equal the kit's nn.Sequential with
+    the same weights and dropout mask: Linear -> BatchNorm1d -> Dropout -> ReLU -> Linear, Adam."""
+    from audiomaepp.evaluation import probe as P
+
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(size=(50, 12)).astype(np.float32))
+    y = torch.zeros(50, 4)
+    if prediction_type == "multiclass":
+        y[torch.arange(50), torch.from_numpy(rng.integers(4, size=50))] = 1
+    else:
+        y[torch.from_numpy(rng.random((50, 4)) < 0.3)] = 1
+    torch.manual_seed(3)
+    kit = _kit_probe(12, 4, 32, 0.25)
+    torch.manual_seed(99)  # nn.Dropout draws its mask from the global generator...
+    kit.train()
+    logits_kit = kit(x)
+    mask = torch.empty(50, 32).bernoulli_(0.75, generator=torch.Generator().manual_seed(99)).div_(0.75)
+    w = P.init_weights(12, 4, 32, torch.Generator().manual_seed(3))
+    w = P.ProbeWeights.stack([w])
+    for k in P.ProbeWeights.PARAMS:
+        getattr(w, k).requires_grad_(True)
+    logits = P._logits_train(w, x, mask[None])[0]  # ...ours from the member's generator: same draw
+    torch.testing.assert_close(logits, logits_kit, rtol=1e-5, atol=1e-5)
+    loss_kit = (torch.nn.CrossEntropyLoss()(logits_kit, y.argmax(1)) if prediction_type == "multiclass"
+                else torch.nn.BCEWithLogitsLoss()(logits_kit, y))
+    loss = P._member_loss(logits, y, prediction_type)
+    torch.testing.assert_close(loss, loss_kit)
+    opt_kit = torch.optim.Adam(kit.parameters(), lr=1e-2)
+    loss_kit.backward()
+    opt_kit.step()
+    opt = P._Adam({k: getattr(w, k) for k in P.ProbeWeights.PARAMS}, lr=1e-2)
+    loss.backward()
+    opt.step()
+    torch.testing.assert_close(w.w1[0].detach(), kit[0].weight.detach().t(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.gamma[0].detach(), kit[1].weight.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.b2[0].detach(), kit[4].bias.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.running_mean[0], kit[1].running_mean)
+    torch.testing.assert_close(w.running_var[0], kit[1].running_var)  # unbiased, momentum 0.1
+    # The first bias feeds BatchNorm, which removes it: its gradient is rounding noise that Adam
+    # turns into steps of +-lr in either implementation, so only compare eval with it aligned.
+    assert float((w.b1[0] - kit[0].bias).detach().abs().max()) <= 2e-2 * (1 + 1e-5)  # each moved <= lr
+    with torch.no_grad():
+        w.b1.copy_(kit[0].bias[None])
+    kit.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(P._logits_eval(w, x)[0], kit(x), rtol=1e-5, atol=1e-5)
 
 
 def test_standardize_uses_train_statistics():
@@ -365,31 +442,78 @@ def test_standardize_uses_train_statistics():
     tr, other = standardize(train, np.array([[2.0, 7.0]], dtype=np.float32))
     np.testing.assert_allclose(tr, [[-1.0, 0.0], [1.0, 0.0]])
     np.testing.assert_allclose(other, [[0.0, 2.0]])  # constant dim: centred, std 1
+    assert ProbeConfig().standardize is False  # the kit feeds raw embeddings
+
+
+def _random_probe_data(rng, n: int, d: int, c: int, multilabel: bool) -> ProbeData:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = np.zeros((n, c), np.float32)
+    if multilabel:
+        y[rng.random((n, c)) < 0.3] = 1
+    else:
+        y[np.arange(n), rng.integers(c, size=n)] = 1
+    x[:, 0] += 2 * y.argmax(1)  # something to learn
+    return ProbeData(x, y)
+
+
+@pytest.mark.parametrize(("prediction_type", "metric"), [("multiclass", "top1_acc"), ("multilabel", "mAP")])
+def test_batched_members_are_bit_for_bit_the_single_probes(prediction_type, metric):
+    rng = np.random.default_rng(0)
+    tr, va = (_random_probe_data(rng, n, 9, 5, prediction_type == "multilabel") for n in (83, 40))
+    cfg = ProbeConfig(hidden_dim=48, batch_size=32, max_epochs=60, patience=3)  # 3 batches, last one short
+    members = [Member(s, p) for s in (0, 1, 2, 5) for p in (0.1, 0.25)]
+    together = fit_members(tr, va, prediction_type, metric, members, cfg)
+    assert len({r.epochs for r in together}) > 1  # members stopped at different epochs
+    for m, r in zip(members, together, strict=True):
+        alone = fit_members(tr, va, prediction_type, metric, [m], cfg)[0]
+        assert (r.member, r.valid_score, r.best_epoch, r.epochs) == (alone.member, alone.valid_score,
+                                                                      alone.best_epoch, alone.epochs)
+        for k, v in r.weights.tensors().items():
+            assert torch.equal(v, getattr(alone.weights, k)), (m, k)
+        assert np.array_equal(predict(r.weights, va.x, prediction_type),
+                              predict(alone.weights, va.x, prediction_type))
 
 
 def test_probe_learns_and_is_deterministic(tasks_root):
     task = read_task(tasks_root / "tones")
-    tr, va, te = (_split_data(task, s) for s in ("train", "valid", "test"))
+    data = [tuple(_split_data(task, s) for s in ("train", "valid", "test"))]
     cfg = ProbeConfig(max_epochs=60)
-    a = train_probe(tr, va, te, "multiclass", ["top1_acc"], seed=3, cfg=cfg)
-    b = train_probe(tr, va, te, "multiclass", ["top1_acc"], seed=3, cfg=cfg)
-    assert a.test["top1_acc"] >= 0.8  # chance is 1/3
-    assert a == b  # same seed, same embeddings -> identical selection, epochs and scores
-    assert set(a.grid) == {0.1, 0.25} and a.dropout in (0.1, 0.25)
-    assert a.valid_score == max(a.grid.values())
+    a = probe_folds(data, "multiclass", ["top1_acc"], [3, 4], cfg)
+    b = probe_folds(data, "multiclass", ["top1_acc"], [3, 4], cfg)
+    assert a[0][0].test["top1_acc"] >= 0.8  # chance is 1/3
+    assert a == b  # same seeds, same embeddings -> identical selection, epochs and scores
+    for (r,), seed in zip(a, (3, 4), strict=True):
+        assert set(r.grid) == {0.1, 0.25}
+        assert r.dropout == select_dropout(r.grid, (0.1, 0.25), seed)
+
+
+def test_dropout_selection_breaks_ties_in_the_kits_shuffled_order():
+    for seed in range(6):
+        order = grid_order((0.1, 0.25), seed)
+        assert sorted(order) == [0.1, 0.25]
+        assert select_dropout({0.1: 0.5, 0.25: 0.5}, (0.1, 0.25), seed) == order[0]
+        assert select_dropout({0.1: 0.4, 0.25: 0.5}, (0.1, 0.25), seed) == 0.25
+    assert {grid_order((0.1, 0.25), s)[0] for s in range(6)} == {0.1, 0.25}  # the order does vary
 
 
 def test_probe_minibatches_and_early_stopping(tasks_root):
     task = read_task(tasks_root / "mix")
-    tr, va, te = (_split_data(task, s) for s in ("train", "valid", "test"))
+    data = [tuple(_split_data(task, s) for s in ("train", "valid", "test"))]
     cfg = ProbeConfig(batch_size=16, patience=2, max_epochs=500)
-    a = train_probe(tr, va, te, "multilabel", list(task.metrics), seed=0, cfg=cfg)
-    b = train_probe(tr, va, te, "multilabel", list(task.metrics), seed=0, cfg=cfg)
-    assert a == b
+    a = probe_folds(data, "multilabel", list(task.metrics), [0], cfg)[0][0]
     assert a.epochs < 500 and a.best_epoch % 3 == 0 and a.best_epoch <= a.epochs
     assert a.epochs - a.best_epoch == 3 * cfg.patience  # stopped after `patience` idle checks
     assert set(a.test) == {"mAP", "d_prime", "aucroc", "top1_acc"}
     assert a.test["mAP"] > 0.8
+
+
+def test_grid_is_searched_on_the_first_fold_only(tasks_root):
+    task = read_task(tasks_root / "kfold")
+    result = run_evaluation([LogMelStatsEmbedder()], [tasks_root / "kfold"], seeds=[0, 1, 2],
+                            progress=False, **FAST)
+    for folds in result.results["logmel"]["kfold"].runs:
+        assert len(folds) == len(task.folds())
+        assert all(f.dropout == folds[0].dropout for f in folds)  # the first fold's choice, everywhere
 
 
 # --------------------------------------------------------------------------- embedders
@@ -523,6 +647,12 @@ def test_cli_evaluate(tasks_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| Model | tones | s(m) |" in printed and "| logmel |" in printed
     assert (out / "results.md").is_file() and any((out / "cache").rglob("*.npy"))
+    assert json.loads((out / "results.json").read_text())["config"]["probe"]["standardize"] is False
+    dev = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models", "logmel", "--out",
+                             str(tmp_path / "dev"), "--seeds", "2", "--max-epochs", "3", "--quiet",
+                             "--device", "cpu", "--standardize"])
+    assert dev.func(dev) == 0 and "| logmel |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "dev" / "results.json").read_text())["config"]["probe"]["standardize"] is True
     bad = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models",
                              str(tmp_path / "no-model"), "--out", str(out), "--quiet"])
     assert bad.func(bad) == 2

@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
     p.add_argument("--max-epochs", type=int, default=None, help="probe epochs (default 500, the protocol)")
     p.add_argument("--patience", type=int, default=None, help="early-stopping checks (default 20)")
+    p.add_argument("--standardize", action="store_true",
+                   help="DEVIATION from hear-eval-kit: standardise each embedding dimension with training "
+                   "statistics before the probe (the kit feeds raw embeddings)")
     p.add_argument("--layout", default=None, choices=["release", "time_major"],
                    help="token layout for model directories (default: each model's own)")
     p.add_argument("--init-seed", type=int, default=0, help="seed of random:<preset> encoders")
@@ -64,6 +67,8 @@ def _probe_overrides(args: argparse.Namespace, device: str) -> dict:
         out["max_epochs"] = args.max_epochs
     if args.patience is not None:
         out["patience"] = args.patience
+    if args.standardize:
+        out["standardize"] = True
     return out
 
 

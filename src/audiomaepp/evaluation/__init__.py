@@ -8,16 +8,16 @@ Public API::
     print(result.normalized)
 
 Modules: ``tasks`` (reader), ``embedders`` (protocol, log-mel baseline, factory), ``cache``
-(embedding cache), ``probe`` (MLP probe), ``metrics``, ``stats`` (t quantile, CI, aggregate
+(embedding cache), ``probe`` (the kit's MLP probe, batched over seeds x dropouts), ``metrics``, ``stats`` (t quantile, CI, aggregate
 score), ``runner`` (the protocol end to end), ``report`` (Markdown / CSV / JSON / PNG).
 """
 
 from .cache import embed_split
 from .embedders import ClipEmbedder, EmbedderError, LogMelStatsEmbedder, make_embedder
 from .metrics import METRICS, PERCENT_METRICS, compute_metrics
-from .probe import ProbeConfig, ProbeData, ProbeResult, train_probe
+from .probe import Member, ProbeConfig, ProbeData, ProbeResult, fit_members, probe_folds
 from .report import markdown_table, write_report
-from .runner import EvaluationResult, FoldRun, TaskResult, evaluate_task, run_evaluation
+from .runner import EvaluationResult, FoldRun, TaskResult, evaluate_task, probe_task, run_evaluation
 from .stats import mean_ci, normalized_scores, t_quantile
 from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task
 
@@ -35,7 +35,9 @@ __all__ = [
     "ProbeConfig",
     "ProbeData",
     "ProbeResult",
-    "train_probe",
+    "Member",
+    "fit_members",
+    "probe_folds",
     "METRICS",
     "PERCENT_METRICS",
     "compute_metrics",
@@ -46,6 +48,7 @@ __all__ = [
     "TaskResult",
     "EvaluationResult",
     "evaluate_task",
+    "probe_task",
     "run_evaluation",
     "markdown_table",
     "write_report",

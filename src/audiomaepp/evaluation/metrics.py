@@ -1,19 +1,24 @@
-"""Scene-task metrics, numpy only (hear-eval-kit's names and definitions, no scikit-learn).
+"""Scene-task metrics exactly as hear-eval-kit 2021.1.3 computes them (``heareval/score.py``), numpy only.
 
 Every metric takes ``scores (n, C)`` (class probabilities: softmax for multiclass, sigmoid for
-multilabel) and ``targets (n, C)`` multi-hot, and returns a float where higher is better.
+multilabel) and ``targets (n, C)`` multi-hot, and returns a float where higher is better. The kit
+calls scikit-learn for the last three; the notes say which scikit-learn behaviour is mirrored
+(checked against scikit-learn 1.9.1, the version the kit's runner installs today; see
+docs/EVALUATION.md for the 2021 versions).
 
-- ``top1_acc``: the arg-max class is a true label. For one-hot targets this is hear-eval-kit's
-  ``argmax(pred) == argmax(target)``; for multilabel rows it counts a hit on any true label.
-- ``pitch_acc``: on scene tasks (NSynth pitch) hear-eval-kit scores it as plain top-1 accuracy
-  over the pitch classes, so it is the same function under another name.
-- ``chroma_acc``: top-1 accuracy after mapping class *indices* modulo 12 (hear-eval-kit's
-  definition; it assumes the vocabulary lists consecutive semitones).
-- ``mAP``: mean over classes of average precision (scikit-learn's step-wise definition, ties
-  handled by distinct thresholds). Classes without a positive in the evaluated set are skipped
-  (their AP is undefined); NaN if no class has a positive.
-- ``aucroc``: mean over classes of ROC AUC (tie-corrected rank statistic); ``d_prime``: mean over
-  classes of ``sqrt(2) * Phi^-1(AUC)``. Both skip classes lacking positives or negatives.
+- ``top1_acc``: ``argmax(scores) == argmax(target)`` row by row (``Top1Accuracy``); ``argmax``
+  takes the first of tied maxima, and a multilabel row counts only its first label.
+- ``pitch_acc``: the kit's ``partial(Top1Accuracy, name="pitch_acc")``: the same function.
+- ``chroma_acc``: ``argmax % 12`` compared (``ChromaAccuracy``; assumes consecutive semitones).
+- ``mAP``: ``average_precision_score(targets, scores, average="macro")``: per class
+  ``sum_k (R_k - R_{k-1}) P_k`` over distinct score thresholds (tied scores form one step), then
+  the plain mean over *all* classes; a class without a positive in the split scores 0 (what
+  scikit-learn >= 1.1 returns, with a warning).
+- ``aucroc``: ``roc_auc_score(average="macro")``: mean ROC AUC (ties count one half); NaN as soon
+  as one class lacks positives or negatives (scikit-learn returns NaN; the kit maps the older
+  ``ValueError`` to NaN too).
+- ``d_prime``: ``mean(sqrt(2) * norm.ppf(auc_c))`` over classes: an AUC of 1 gives ``inf``, a
+  class without both kinds of example NaN (no clipping).
 """
 
 from __future__ import annotations
@@ -51,10 +56,9 @@ def _check(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def top1_acc(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Fraction of rows whose highest-scoring class is one of its labels."""
+    """Fraction of rows with ``argmax(scores) == argmax(target)`` (first index on ties)."""
     scores, pos = _check(scores, targets)
-    pred = scores.argmax(axis=1)
-    return float(pos[np.arange(len(pred)), pred].mean())
+    return float(np.mean(scores.argmax(axis=1) == pos.argmax(axis=1)))
 
 
 def chroma_acc(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -66,12 +70,12 @@ def chroma_acc(scores: np.ndarray, targets: np.ndarray) -> float:
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     """AP of one class: ``sum_k (R_k - R_{k-1}) P_k`` over distinct score thresholds, descending.
 
-    ``scores``, ``positive``: ``(n,)``. NaN when there is no positive.
+    ``scores``, ``positive``: ``(n,)``. 0 when there is no positive (scikit-learn >= 1.1).
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(positive) > 0
     if not y.any():
-        return math.nan
+        return 0.0
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
     last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each tied block
@@ -82,10 +86,9 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Macro mean of :func:`average_precision` over classes with at least one positive."""
+    """Macro mean of :func:`average_precision` over all classes (absent ones count 0)."""
     scores, pos = _check(scores, targets)
-    aps = [average_precision(scores[:, c], pos[:, c]) for c in range(scores.shape[1]) if pos[:, c].any()]
-    return float(np.mean(aps)) if aps else math.nan
+    return float(np.mean([average_precision(scores[:, c], pos[:, c]) for c in range(scores.shape[1])]))
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -112,24 +115,28 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def _per_class_auc(scores: np.ndarray, targets: np.ndarray) -> list[float]:
+    """ROC AUC of every class, NaN where a class lacks positives or negatives."""
     scores, pos = _check(scores, targets)
-    aucs = [roc_auc(scores[:, c], pos[:, c]) for c in range(scores.shape[1])]
-    return [a for a in aucs if not math.isnan(a)]
+    return [roc_auc(scores[:, c], pos[:, c]) for c in range(scores.shape[1])]
 
 
 def aucroc(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Macro mean ROC AUC over classes that have positives and negatives."""
-    aucs = _per_class_auc(scores, targets)
-    return float(np.mean(aucs)) if aucs else math.nan
+    """Macro mean ROC AUC; NaN when any class is undefined (as the kit)."""
+    return float(np.mean(_per_class_auc(scores, targets)))
+
+
+def _probit(p: float) -> float:
+    """``norm.ppf``: -inf / inf at 0 / 1, NaN for NaN."""
+    if math.isnan(p):
+        return math.nan
+    if p <= 0.0 or p >= 1.0:
+        return -math.inf if p <= 0.0 else math.inf
+    return NormalDist().inv_cdf(p)
 
 
 def d_prime(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Macro mean of ``sqrt(2) * Phi^-1(AUC)``; AUC is clipped to [1e-6, 1 - 1e-6] to stay finite."""
-    aucs = _per_class_auc(scores, targets)
-    if not aucs:
-        return math.nan
-    inv = NormalDist().inv_cdf
-    return float(np.mean([math.sqrt(2.0) * inv(min(max(a, 1e-6), 1 - 1e-6)) for a in aucs]))
+    """Macro mean of ``sqrt(2) * Phi^-1(AUC)``, unclipped: inf for a perfect class, NaN if undefined."""
+    return float(np.mean([math.sqrt(2.0) * _probit(a) for a in _per_class_auc(scores, targets)]))
 
 
 METRICS: dict[str, Metric] = {

@@ -1,5 +1,6 @@
-"""Run the downstream protocol: embed every task split once, train the probe per (seed, fold),
-average folds, summarise seeds (mean and 95 % CI) and compute the aggregate normalized score.
+"""Run the downstream protocol: embed every task split once, train the probes of all seeds of a
+fold as one batched model (dropout grid on the first fold, as hear-eval-kit), average folds,
+summarise seeds (mean and 95 % CI) and compute the aggregate normalized score.
 
 Score of one (model, task, seed): the primary metric on the test split, averaged over test folds
 for k-fold tasks. Task score: mean over seeds; CI: ``t(0.975, n-1) * std(ddof=1) / sqrt(n)``.
@@ -21,11 +22,11 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .cache import embed_split
 from .embedders import ClipEmbedder, EmbedderError, make_embedder
-from .probe import ProbeConfig, ProbeData, train_probe
+from .probe import ProbeConfig, ProbeData, probe_folds
 from .stats import mean_ci, normalized_scores
 from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task
 
-__all__ = ["FoldRun", "TaskResult", "EvaluationResult", "run_evaluation", "evaluate_task"]
+__all__ = ["FoldRun", "TaskResult", "EvaluationResult", "run_evaluation", "evaluate_task", "probe_task"]
 
 log = logging.getLogger(__name__)
 
@@ -138,23 +139,32 @@ def evaluate_task(
 
     ``bar``: an optional tqdm bar advanced by one per probe (seed x fold).
     """
-    cfg = cfg or ProbeConfig()
     emb = _embed_task(embedder, task, cache_dir, progress)
+    return probe_task(task, emb, seeds, cfg, model=embedder.name, bar=bar)
+
+
+def probe_task(
+    task: Task,
+    embeddings: dict[str, np.ndarray],
+    seeds: Sequence[int],
+    cfg: ProbeConfig | None = None,
+    model: str = "",
+    bar: Any = None,
+) -> TaskResult:
+    """Probe ready-made embeddings ``{split: (n, d)}`` (rows in :meth:`Task.files` order)."""
+    cfg = cfg or ProbeConfig()
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {list(seeds)}")
     ys = {s: task.targets(s) for s in task.split_names}
     folds = task.folds()
-    data = [_fold_data(task, f, emb, ys) for f in folds]
-    runs = []
-    for seed in seeds:
-        row = []
-        for fold, (tr, va, te) in zip(folds, data, strict=True):
-            p = train_probe(tr, va, te, task.prediction_type, task.metrics, seed, cfg)
-            row.append(FoldRun(fold.test, fold.valid, p.dropout, p.valid_score, p.best_epoch,
-                               p.epochs, p.test))
-            if bar is not None:
-                bar.update(1)
-        runs.append(row)
-    return TaskResult(embedder.name, task.name, task.metrics, list(seeds), runs,
-                      next(iter(emb.values())).shape[1], task.prediction_type, task.split_mode)
+    data = [_fold_data(task, f, embeddings, ys) for f in folds]
+    per_seed = probe_folds(data, task.prediction_type, task.metrics, list(seeds), cfg)
+    runs = [[FoldRun(fold.test, fold.valid, p.dropout, p.valid_score, p.best_epoch, p.epochs, p.test)
+             for fold, p in zip(folds, row, strict=True)] for row in per_seed]
+    if bar is not None:
+        bar.update(len(seeds) * len(folds))
+    return TaskResult(model, task.name, task.metrics, list(seeds), runs,
+                      next(iter(embeddings.values())).shape[1], task.prediction_type, task.split_mode)
 
 
 def _unique_names(embedders: list[ClipEmbedder]) -> list[str]:
