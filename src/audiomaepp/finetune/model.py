@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..audio import to_mono_16k
 from ..errors import CheckpointError
-from ..fileio import atomic_path, atomic_write_bytes
 from ..model import AudioMAE, AudioMAEConfig
-from ..model.io import check_state_dict
+from ..model.io import check_state_dict, save_pretrained
 from ..model.mae import Encoder, _stack_flops
 from .data import clip_logmel, clip_windows, window_starts
 
@@ -238,15 +237,7 @@ class AudioClassifier(nn.Module):
     # ---- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """``model.safetensors`` + ``config.json`` + ``labels.json`` in ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"format": FORMAT})
-        meta = {"format": FORMAT, "architecture": "AudioClassifier", "config": self.config.to_dict()}
-        atomic_write_bytes(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
-        atomic_write_bytes(directory / LABELS_NAME, json.dumps(list(self.labels), indent=1).encode())
-        return directory
+        return save_pretrained(self, directory, extra_json={LABELS_NAME: list(self.labels)}, fmt=FORMAT)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> AudioClassifier:

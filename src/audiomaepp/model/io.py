@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -18,15 +19,23 @@ CONFIG_NAME = "config.json"
 FORMAT = "audiomaepp-model/1"  # bumped if the key layout ever changes
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
-    """Write ``model``'s weights and config to ``directory`` (created if needed)."""
+def save_pretrained(model: torch.nn.Module, directory: str | Path,
+                    extra_json: dict[str, Any] | None = None, fmt: str = FORMAT) -> Path:
+    """Write ``model``'s weights and config to ``directory`` (created if needed).
+
+    ``config.json`` names the architecture (the model's class, e.g. ``AudioMAE`` or
+    ``AudioClassifier``); ``extra_json`` maps further file names to JSON documents written beside
+    (a classifier's ``labels.json``); ``fmt`` is the layout tag its loader checks.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-    meta = {"format": FORMAT, "architecture": "AudioMAE", "config": model.config.to_dict()}
+        save_file(state, str(tmp), metadata={"format": fmt})
+    meta = {"format": fmt, "architecture": type(model).__name__, "config": model.config.to_dict()}
     atomic_write_bytes(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True).encode())
+    for name, doc in (extra_json or {}).items():
+        atomic_write_bytes(directory / name, json.dumps(doc, indent=1).encode())
     return directory
 
 

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write_bytes, fsync_dir
-from ..model.io import check_state_dict, save_pretrained
+from ..model.io import check_state_dict
 from .optim import optimizer_param_names
 from .state import TrainState
 
@@ -222,7 +222,7 @@ def save_checkpoint(
 
 def _write_checkpoint(folder: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                       state: dict[str, Any], scaler: torch.amp.GradScaler | None) -> None:
-    save_pretrained(model, folder)  # model.safetensors + config.json
+    model.save_pretrained(folder)  # model.safetensors + config.json (+ labels.json for a classifier)
     opt_tensors, opt_meta = flatten_optimizer(optimizer)
     save_file(opt_tensors, str(folder / OPTIM_NAME), metadata={"format": FORMAT})
     rng_tensors, rng_meta = capture_rng()
