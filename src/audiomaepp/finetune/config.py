@@ -10,11 +10,10 @@ AudioSet setting (48 of 128 mel bins, 192 of 1024 frames) to our 80 bins x 200 f
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from ..training.config import RecipeConfig
 
 POOLINGS = ("mean", "cls")
 SAMPLING = ("auto", "on", "off")
@@ -22,7 +21,7 @@ PREDICTION_TYPES = (None, "multiclass", "multilabel")
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RecipeConfig):
     """Everything a fine-tuning run needs (see the module docstring for where defaults come from)."""
 
     # ---- what -----------------------------------------------------------------------------------
@@ -106,33 +105,3 @@ class FinetuneConfig:
             if value is not None and value < 1:
                 raise ValueError(f"FinetuneConfig.{name}={value}; must be >= 1 (or None)")
 
-    def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig field(s): {sorted(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> FinetuneConfig:
-        try:
-            d = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object of FinetuneConfig fields")
-        return cls.from_dict(d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def replace(self, **changes: Any) -> FinetuneConfig:
-        return dataclasses.replace(self, **changes)

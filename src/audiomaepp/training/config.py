@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..model import AudioMAEConfig
 
@@ -19,8 +19,54 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+ConfigT = TypeVar("ConfigT", bound="RecipeConfig")
+
+
+class RecipeConfig:
+    """What pretraining's and fine-tuning's dataclass configs share: the lr rule and JSON round trips."""
+
+    lr: float | None
+    blr: float
+    batch_size: int
+    betas: tuple[float, float]
+
+    def peak_lr(self) -> float:
+        """``lr`` if given, else ``blr * batch_size / 256`` (spec §6)."""
+        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], d: dict[str, Any]) -> ConfigT:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[ConfigT], path: str | Path) -> ConfigT:
+        """Read a JSON file holding (a subset of) the fields; missing ones keep their defaults."""
+        try:
+            d = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object of {cls.__name__} fields")
+        return cls.from_dict(d)
+
+    def replace(self: ConfigT, **changes: Any) -> ConfigT:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RecipeConfig):
     """Everything a pretraining run needs; defaults are the paper's recipe (spec §6)."""
 
     # ---- model -----------------------------------------------------------------------------------
@@ -105,37 +151,3 @@ class TrainConfig:
         """The preset with the ``model`` overrides applied."""
         return AudioMAEConfig.preset(self.preset, **self.model)
 
-    def peak_lr(self) -> float:
-        """``lr`` if given, else ``blr * batch_size / 256`` (spec §6)."""
-        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
-
-    # ---- (de)serialisation -----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {sorted(unknown)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> TrainConfig:
-        """Read a JSON file holding (a subset of) the fields; missing ones keep their defaults."""
-        try:
-            d = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object of TrainConfig fields")
-        return cls.from_dict(d)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)
