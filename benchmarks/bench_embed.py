@@ -36,8 +36,12 @@ RELEASE_PRECISION = {"float32": "float32", "bfloat16": "bfloat16", "float16": "f
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) -> dict:
     """Best FLOP/s of square matmuls (the peak) and of the tiny / base encoders' FFN shape."""
-    shapes = {"square_2048": (2048, 2048, 2048), "square_1024": (1024, 1024, 1024),
-              "tiny_ffn_8032x192x768": (32 * 251, 192, 768), "base_ffn_8032x768x3072": (32 * 251, 768, 3072)}
+    shapes = {
+        "square_2048": (2048, 2048, 2048),
+        "square_1024": (1024, 1024, 1024),
+        "tiny_ffn_8032x192x768": (32 * 251, 192, 768),
+        "base_ffn_8032x768x3072": (32 * 251, 768, 3072),
+    }
     out = {}
     for name, (m, k, n) in shapes.items():
         a = torch.randn(m, k, device=device, dtype=dtype)
@@ -66,23 +70,58 @@ def time_calls(fn, device: torch.device, iters: int, max_seconds: float) -> list
     return times
 
 
-def run_ours(preset: str, audio: torch.Tensor, device: torch.device, dtype: str, batch_size: int | None,
-             iters: int, max_seconds: float, warmup: int) -> dict:
+def run_ours(
+    preset: str,
+    audio: torch.Tensor,
+    device: torch.device,
+    dtype: str,
+    batch_size: int | None,
+    iters: int,
+    max_seconds: float,
+    warmup: int,
+) -> dict:
     emb = Embedder.random_init(preset, device=str(device), batch_size=batch_size, dtype=dtype)
     with torch.no_grad():
-        for _ in range(warmup):  # kernels, allocator and (CUDA) the compiled graphs for both batch shapes
+        for _ in range(
+            warmup
+        ):  # kernels, allocator and (CUDA) the compiled graphs for both batch shapes
             emb.scene_embeddings(audio if device.type == "cuda" else audio[:2])
         sync(device)
         times = time_calls(lambda: emb.scene_embeddings(audio), device, iters, max_seconds)
-    return {"seconds_per_call": min(times), "all_seconds": times, "batch_size": emb.batch_size,
-            "compiled": emb._compiled is not None, "dtype": emb._dtype_name()}
+    return {
+        "seconds_per_call": min(times),
+        "all_seconds": times,
+        "batch_size": emb.batch_size,
+        "compiled": emb._compiled is not None,
+        "dtype": emb._dtype_name(),
+    }
 
 
-def run_release(release: str, python: str, preset: str, args, device: torch.device, precision: str) -> dict:
-    cmd = [python, str(Path(__file__).with_name("release_embed.py")), "--release", release, "--preset", preset,
-           "--device", str(device), "--precision", precision, "--clips", str(args.clips),
-           "--seconds", str(args.seconds), "--iters", str(args.iters), "--max-seconds", str(args.max_seconds),
-           "--threads", str(torch.get_num_threads())]
+def run_release(
+    release: str, python: str, preset: str, args, device: torch.device, precision: str
+) -> dict:
+    cmd = [
+        python,
+        str(Path(__file__).with_name("release_embed.py")),
+        "--release",
+        release,
+        "--preset",
+        preset,
+        "--device",
+        str(device),
+        "--precision",
+        precision,
+        "--clips",
+        str(args.clips),
+        "--seconds",
+        str(args.seconds),
+        "--iters",
+        str(args.iters),
+        "--max-seconds",
+        str(args.max_seconds),
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.max_seconds * 4 + 600)
     if res.returncode != 0:
         return {"error": (res.stderr or res.stdout)[-2000:]}
@@ -90,18 +129,32 @@ def run_release(release: str, python: str, preset: str, args, device: torch.devi
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--presets", nargs="+", default=["tiny", "base"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--clips", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--batch-size", type=int, default=None, help="default: the Embedder's (64 CPU, 256 CUDA)")
-    p.add_argument("--iters", type=int, default=3, help="timed calls per implementation (the best counts)")
-    p.add_argument("--max-seconds", type=float, default=300.0, help="time box per implementation and preset")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--release", default=None, help="a throwaway copy of the authors' release to run alongside")
-    p.add_argument("--release-python", default=sys.executable, help="the Python that has the release's deps")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default: the Embedder's (64 CPU, 256 CUDA)"
+    )
+    p.add_argument(
+        "--iters", type=int, default=3, help="timed calls per implementation (the best counts)"
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=300.0, help="time box per implementation and preset"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
+    )
+    p.add_argument(
+        "--release", default=None, help="a throwaway copy of the authors' release to run alongside"
+    )
+    p.add_argument(
+        "--release-python", default=sys.executable, help="the Python that has the release's deps"
+    )
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
     if args.threads:
@@ -111,8 +164,15 @@ def main(argv: list[str] | None = None) -> dict:
     mm_dtype = torch.float32 if dtype == "float32" else getattr(torch, dtype)
     mm = matmul_flops(device, mm_dtype)
     peak = max(mm.values())
-    print(f"matmul {dtype}: peak {peak / 1e9:.1f} GFLOP/s ({', '.join(f'{k} {v / 1e9:.1f}' for k, v in mm.items())})")
-    audio = (torch.rand(args.clips, int(16000 * args.seconds), generator=torch.Generator().manual_seed(0)) - 0.5).to(device)
+    print(
+        f"matmul {dtype}: peak {peak / 1e9:.1f} GFLOP/s ({', '.join(f'{k} {v / 1e9:.1f}' for k, v in mm.items())})"
+    )
+    audio = (
+        torch.rand(
+            args.clips, int(16000 * args.seconds), generator=torch.Generator().manual_seed(0)
+        )
+        - 0.5
+    ).to(device)
     audio_s = args.clips * args.seconds
     rows = []
     for preset in args.presets:
@@ -122,23 +182,38 @@ def main(argv: list[str] | None = None) -> dict:
         del model
         ceiling = peak / (flops_chunk / 2.0)  # s of audio / s at peak, 2 s per chunk
         workload_ceiling = peak / (flops_chunk * chunks_per_clip / args.seconds)
-        row = {"preset": preset, "dtype": dtype, "encoder_gflop_per_chunk": flops_chunk / 1e9,
-               "chunks_per_clip": chunks_per_clip, "ceiling_audio_s_per_s": ceiling,
-               "workload_ceiling_audio_s_per_s": workload_ceiling}
+        row = {
+            "preset": preset,
+            "dtype": dtype,
+            "encoder_gflop_per_chunk": flops_chunk / 1e9,
+            "chunks_per_clip": chunks_per_clip,
+            "ceiling_audio_s_per_s": ceiling,
+            "workload_ceiling_audio_s_per_s": workload_ceiling,
+        }
         warmup = 3 if device.type == "cuda" else 1
-        ours = run_ours(preset, audio, device, dtype, args.batch_size, args.iters, args.max_seconds, warmup)
+        ours = run_ours(
+            preset, audio, device, dtype, args.batch_size, args.iters, args.max_seconds, warmup
+        )
         ours["audio_seconds_per_second"] = audio_s / ours["seconds_per_call"]
         row["ours"] = ours
-        print(f"{preset} ours: {ours['audio_seconds_per_second']:.1f} s of audio / s "
-              f"({100 * ours['audio_seconds_per_second'] / ceiling:.0f} % of the {ceiling:.1f} ceiling, "
-              f"{100 * ours['audio_seconds_per_second'] / workload_ceiling:.0f} % of the workload's {workload_ceiling:.1f})")
+        print(
+            f"{preset} ours: {ours['audio_seconds_per_second']:.1f} s of audio / s "
+            f"({100 * ours['audio_seconds_per_second'] / ceiling:.0f} % of the {ceiling:.1f} ceiling, "
+            f"{100 * ours['audio_seconds_per_second'] / workload_ceiling:.0f} % of the workload's {workload_ceiling:.1f})"
+        )
         if args.release:
-            rel = run_release(args.release, args.release_python, preset, args, device, RELEASE_PRECISION[dtype])
+            rel = run_release(
+                args.release, args.release_python, preset, args, device, RELEASE_PRECISION[dtype]
+            )
             if "seconds_per_call" in rel:
                 rel["audio_seconds_per_second"] = audio_s / rel["seconds_per_call"]
-                row["speedup_vs_release"] = ours["audio_seconds_per_second"] / rel["audio_seconds_per_second"]
-                print(f"{preset} release: {rel['audio_seconds_per_second']:.1f} s of audio / s; "
-                      f"ours is {row['speedup_vs_release']:.2f}x")
+                row["speedup_vs_release"] = (
+                    ours["audio_seconds_per_second"] / rel["audio_seconds_per_second"]
+                )
+                print(
+                    f"{preset} release: {rel['audio_seconds_per_second']:.1f} s of audio / s; "
+                    f"ours is {row['speedup_vs_release']:.2f}x"
+                )
             else:
                 print(f"{preset} release failed: {rel['error'][-500:]}")
             row["release"] = rel
@@ -146,7 +221,13 @@ def main(argv: list[str] | None = None) -> dict:
         row["fraction_of_workload_ceiling"] = ours["audio_seconds_per_second"] / workload_ceiling
         rows.append(row)
     env = device_info(device) | {"threads": torch.get_num_threads()}
-    payload = {"settings": vars(args), "env": env, "matmul_flops": mm, "peak_matmul_flops": peak, "results": rows}
+    payload = {
+        "settings": vars(args),
+        "env": env,
+        "matmul_flops": mm,
+        "peak_matmul_flops": peak,
+        "results": rows,
+    }
     path = write_result(f"embed_{device.type}", payload, args.out)
     print(f"wrote {path}")
     return payload

@@ -24,12 +24,22 @@ def build_shards(root: Path, clips: int, workers: int) -> tuple[Path, dict]:
     from audiomaepp.synth import CorpusConfig, generate_corpus
 
     t0 = time.perf_counter()
-    corpus = generate_corpus(root / "corpus", CorpusConfig(n_pool=clips, n_per_task=12), workers=workers)
+    corpus = generate_corpus(
+        root / "corpus", CorpusConfig(n_pool=clips, n_per_task=12), workers=workers
+    )
     t1 = time.perf_counter()
-    report = prepare_shards([corpus.pool_dir], root / "shards", PrepareConfig(workers=workers, shard_size_mb=64),
-                            progress=False)
+    report = prepare_shards(
+        [corpus.pool_dir],
+        root / "shards",
+        PrepareConfig(workers=workers, shard_size_mb=64),
+        progress=False,
+    )
     t2 = time.perf_counter()
-    return root / "shards", {"generate_s": t1 - t0, "prepare_s": t2 - t1, "prepare_files_per_s": report.files_per_s}
+    return root / "shards", {
+        "generate_s": t1 - t0,
+        "prepare_s": t2 - t1,
+        "prepare_files_per_s": report.files_per_s,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,7 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
         if shards is None:
             shards, prep = build_shards(Path(tmp), args.clips, args.workers)
         ds = ShardDataset.from_dir(shards, samples_per_epoch=10**8)
-        loader = make_loader(ds, args.batch_size, num_workers=args.workers, pin_memory=torch.cuda.is_available())
+        loader = make_loader(
+            ds, args.batch_size, num_workers=args.workers, pin_memory=torch.cuda.is_available()
+        )
         it = iter(loader)
         next(it)  # workers started, first batch through
         n, start = 0, time.perf_counter()
@@ -56,7 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
         rate = n / (time.perf_counter() - start)
     print(f"loader: {rate:.0f} crops/s with {args.workers} workers; {prep}")
     row = {"crops_per_s": rate, "workers": args.workers, "batch_size": args.batch_size, **prep}
-    write_result("loader", {"settings": vars(args), "env": device_info(torch.device("cpu")), "results": [row]}, args.out)
+    write_result(
+        "loader",
+        {"settings": vars(args), "env": device_info(torch.device("cpu")), "results": [row]},
+        args.out,
+    )
     return row
 
 

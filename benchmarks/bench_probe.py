@@ -32,9 +32,16 @@ BEFORE = "9ab86fa"  # the last commit with the one-at-a-time probe
 def _old_probe_module():
     """``audiomaepp.evaluation.probe`` as it was at ``BEFORE`` (it only needs ``.metrics``)."""
     root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "-C", str(root), "show", f"{BEFORE}:src/audiomaepp/evaluation/probe.py"],
-                         check=True, capture_output=True, text=True).stdout
-    src = src.replace("from .metrics import compute_metrics", "from audiomaepp.evaluation.metrics import compute_metrics")
+    src = subprocess.run(
+        ["git", "-C", str(root), "show", f"{BEFORE}:src/audiomaepp/evaluation/probe.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    src = src.replace(
+        "from .metrics import compute_metrics",
+        "from audiomaepp.evaluation.metrics import compute_metrics",
+    )
     path = Path(tempfile.mkdtemp()) / "old_probe.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("old_probe", path)
@@ -60,8 +67,10 @@ def time_before(work: Path, name: str, seeds: int, only: list[str] | None) -> fl
     start = time.perf_counter()
     for task, emb in _tasks(work, name, only):
         for fold in task.folds():
-            tr = old.ProbeData(np.concatenate([emb[s] for s in fold.train]),
-                               np.concatenate([task.targets(s) for s in fold.train]))
+            tr = old.ProbeData(
+                np.concatenate([emb[s] for s in fold.train]),
+                np.concatenate([task.targets(s) for s in fold.train]),
+            )
             va = old.ProbeData(emb[fold.valid], task.targets(fold.valid))
             te = old.ProbeData(emb[fold.test], task.targets(fold.test))
             for seed in range(seeds):
@@ -83,22 +92,40 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/golden_heareval"))
     p.add_argument("--embedders", nargs="+", default=["logmel", "audiomaepp"])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--tasks", nargs="+", default=None, help="a subset of the demo's tasks (default: all four)")
+    p.add_argument(
+        "--tasks", nargs="+", default=None, help="a subset of the demo's tasks (default: all four)"
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = {}
     for name in a.embedders:
         before3 = time_before(a.work, name, 3, a.tasks)
-        new3, new10 = time_batched(a.work, name, 3, a.tasks), time_batched(a.work, name, 10, a.tasks)
-        rows[name] = {"before_3_seeds_s": round(before3, 2), "batched_3_seeds_s": round(new3, 2),
-                      "batched_10_seeds_s": round(new10, 2), "speedup_3_seeds": round(before3 / new3, 1),
-                      "speedup_10_vs_before_3": round(before3 / new10, 1)}
-        print(f"{name}: before {before3:.1f} s (3 seeds) | batched {new3:.1f} s (3 seeds), {new10:.1f} s "
-              f"(10 seeds) | speed-up {before3 / new3:.1f}x at 3 seeds", flush=True)
-    write_result("probe_speed", {"threads": a.threads, "device": device_info(torch.device("cpu")),
-                                 "tasks": a.tasks or "all four demo tasks (300 clips each)",
-                                 "embeddings": "golden_heareval prepare (float16-rounded)",
-                                 "results": rows})
+        new3, new10 = (
+            time_batched(a.work, name, 3, a.tasks),
+            time_batched(a.work, name, 10, a.tasks),
+        )
+        rows[name] = {
+            "before_3_seeds_s": round(before3, 2),
+            "batched_3_seeds_s": round(new3, 2),
+            "batched_10_seeds_s": round(new10, 2),
+            "speedup_3_seeds": round(before3 / new3, 1),
+            "speedup_10_vs_before_3": round(before3 / new10, 1),
+        }
+        print(
+            f"{name}: before {before3:.1f} s (3 seeds) | batched {new3:.1f} s (3 seeds), {new10:.1f} s "
+            f"(10 seeds) | speed-up {before3 / new3:.1f}x at 3 seeds",
+            flush=True,
+        )
+    write_result(
+        "probe_speed",
+        {
+            "threads": a.threads,
+            "device": device_info(torch.device("cpu")),
+            "tasks": a.tasks or "all four demo tasks (300 clips each)",
+            "embeddings": "golden_heareval prepare (float16-rounded)",
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -52,12 +52,31 @@ class _DeviceBatches:
         pass
 
 
-def make_trainer(preset: str, batch: int, device: str, precision: str, compile_: bool | None,
-                 out_dir: str, **model) -> Trainer:
+def make_trainer(
+    preset: str,
+    batch: int,
+    device: str,
+    precision: str,
+    compile_: bool | None,
+    out_dir: str,
+    **model,
+) -> Trainer:
     cfg = TrainConfig(
-        preset=preset, model=model, batch_size=batch, device=device, precision=precision, compile=compile_,
-        out_dir=out_dir, max_steps=10**6, warmup_steps=10, num_workers=0, progress=False,
-        tensorboard=False, export=False, viz_every=0, save_every=0,
+        preset=preset,
+        model=model,
+        batch_size=batch,
+        device=device,
+        precision=precision,
+        compile=compile_,
+        out_dir=out_dir,
+        max_steps=10**6,
+        warmup_steps=10,
+        num_workers=0,
+        progress=False,
+        tensorboard=False,
+        export=False,
+        viz_every=0,
+        save_every=0,
     )
     env = init_distributed(device)
     trainer = Trainer(cfg, env, dataset=_Crops(batch * 10_000))
@@ -86,10 +105,15 @@ def measure(trainer: Trainer, warmup: int, iters: int) -> dict:
     sps = batch / sec
     peak = peak_flops(device, None)
     return {
-        "samples_per_s": sps, "step_ms": 1000 * sec, "warmup_s": warm_s, "final_loss": float(loss),
+        "samples_per_s": sps,
+        "step_ms": 1000 * sec,
+        "warmup_s": warm_s,
+        "final_loss": float(loss),
         "mfu": sps * trainer.flops_per_sample / peak if peak else None,
         "tflops_per_s": sps * trainer.flops_per_sample / 1e12,
-        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else None,
     }
 
 
@@ -98,7 +122,9 @@ def profile(trainer: Trainer, steps: int, path: Path) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    acts = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if trainer.device.type == "cuda" else []
+    )
     with torch_profile(activities=acts) as prof:
         for _ in range(steps):
             trainer.train_step()
@@ -109,17 +135,29 @@ def profile(trainer: Trainer, steps: int, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--runs", nargs="+", default=["tiny:512", "base:128", "base:512", "large:128", "large:512"],
-                   help="PRESET:PER_DEVICE_BATCH items")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=["tiny:512", "base:128", "base:512", "large:128", "large:512"],
+        help="PRESET:PER_DEVICE_BATCH items",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    p.add_argument("--compile", dest="compile_", default=None, action=argparse.BooleanOptionalAction)
+    p.add_argument(
+        "--compile", dest="compile_", default=None, action=argparse.BooleanOptionalAction
+    )
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--budget-s", type=float, default=1e9, help="skip remaining runs after this much time")
-    p.add_argument("--profile", default=None, help="PRESET:BATCH to profile (writes profile_<...>.txt)")
+    p.add_argument(
+        "--budget-s", type=float, default=1e9, help="skip remaining runs after this much time"
+    )
+    p.add_argument(
+        "--profile", default=None, help="PRESET:BATCH to profile (writes profile_<...>.txt)"
+    )
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
-    p.add_argument("--model", nargs="*", default=[], help="model overrides KEY=INT for small CPU checks")
+    p.add_argument(
+        "--model", nargs="*", default=[], help="model overrides KEY=INT for small CPU checks"
+    )
     args = p.parse_args(argv)
     overrides = {k: int(v) for k, v in (kv.split("=") for kv in args.model)}
     device = torch.device(args.device)
@@ -132,22 +170,37 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append({"run": item, "skipped": "time budget"})
                 continue
             try:
-                trainer = make_trainer(preset, int(batch), args.device, args.precision, args.compile_, tmp, **overrides)
-                row = {"run": item, "preset": preset, "batch": int(batch), "precision": trainer.plan.precision,
-                       "compile": trainer.plan.compile, "fused_adamw": trainer.plan.fused_adamw,
-                       "gflops_per_sample": trainer.flops_per_sample / 1e9,
-                       **measure(trainer, args.warmup, args.iters)}
+                trainer = make_trainer(
+                    preset, int(batch), args.device, args.precision, args.compile_, tmp, **overrides
+                )
+                row = {
+                    "run": item,
+                    "preset": preset,
+                    "batch": int(batch),
+                    "precision": trainer.plan.precision,
+                    "compile": trainer.plan.compile,
+                    "fused_adamw": trainer.plan.fused_adamw,
+                    "gflops_per_sample": trainer.flops_per_sample / 1e9,
+                    **measure(trainer, args.warmup, args.iters),
+                }
                 if args.profile == item:
                     profile(trainer, 3, out / f"profile_{preset}_{batch}_{device.type}.txt")
             except Exception as exc:  # a failed run is recorded, the others still run
                 row = {"run": item, "error": f"{type(exc).__name__}: {exc}"[:2000]}
             rows.append(row)
-            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+            print(
+                {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()},
+                flush=True,
+            )
             with contextlib.suppress(NameError):
                 del trainer
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            write_result(f"train_{device.type}", {"settings": vars(args), "env": device_info(device), "results": rows}, out)
+            write_result(
+                f"train_{device.type}",
+                {"settings": vars(args), "env": device_info(device), "results": rows},
+                out,
+            )
     return {"results": rows}
 
 

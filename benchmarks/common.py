@@ -23,8 +23,12 @@ def device_info(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda, capability=f"{props.major}.{props.minor}")
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            capability=f"{props.major}.{props.minor}",
+        )
     else:
         info["gpu"] = None
         info["cpu"] = platform.processor() or platform.machine()
@@ -52,7 +56,11 @@ def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     """Write ``payload`` (plus a UTC time stamp) as ``<out_dir>/<name>.json`` and return the path."""
     out_dir = Path(out_dir or RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **payload}
+    payload = {
+        "benchmark": name,
+        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **payload,
+    }
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

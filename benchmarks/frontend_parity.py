@@ -25,9 +25,20 @@ def _torchaudio_logmel(audio: torch.Tensor) -> torch.Tensor | None:
     except Exception:
         return None
     mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=16000, n_fft=400, win_length=400, hop_length=160, f_min=50.0, f_max=8000.0,
-        n_mels=80, window_fn=torch.hann_window, power=2.0, center=True, pad_mode="reflect",
-        norm=None, mel_scale="htk").to(audio.device)
+        sample_rate=16000,
+        n_fft=400,
+        win_length=400,
+        hop_length=160,
+        f_min=50.0,
+        f_max=8000.0,
+        n_mels=80,
+        window_fn=torch.hann_window,
+        power=2.0,
+        center=True,
+        pad_mode="reflect",
+        norm=None,
+        mel_scale="htk",
+    ).to(audio.device)
     return torch.log(mel(audio) + LOG_EPS)  # (B, 80, T)
 
 
@@ -43,17 +54,31 @@ def main(argv: list[str] | None = None) -> dict:
         audio = torch.from_numpy(ref["hear0_audio"]).to(dev)
         ours = log_mel(audio)[:, 0].transpose(1, 2).cpu().numpy()
         err = np.abs(ours - ref["hear0_logmel_raw"])
-        rows.append({"impl": "audiomaepp", "device": dev, "max_abs": float(err.max()),
-                     "frac_over_1e-4": float((err > 1e-4).mean())})
+        rows.append(
+            {
+                "impl": "audiomaepp",
+                "device": dev,
+                "max_abs": float(err.max()),
+                "frac_over_1e-4": float((err > 1e-4).mean()),
+            }
+        )
         ta = _torchaudio_logmel(audio)
         if ta is not None:
             err = np.abs(ta.cpu().numpy() - ref["hear0_logmel_raw"])
-            rows.append({"impl": "torchaudio", "device": dev, "max_abs": float(err.max()),
-                         "frac_over_1e-4": float((err > 1e-4).mean())})
+            rows.append(
+                {
+                    "impl": "torchaudio",
+                    "device": dev,
+                    "max_abs": float(err.max()),
+                    "frac_over_1e-4": float((err > 1e-4).mean()),
+                }
+            )
     for r in rows:
         print(r)
     dev = torch.device(devices[-1])
-    write_result(f"frontend_parity_{dev.type}", {"env": device_info(dev), "results": rows}, args.out)
+    write_result(
+        f"frontend_parity_{dev.type}", {"env": device_info(dev), "results": rows}, args.out
+    )
     return {"results": rows}
 
 

@@ -53,7 +53,10 @@ def prepare(work: Path, steps: int) -> None:
     corpus = generate_corpus(work / "corpus", CorpusConfig(seed=cfg.seed), progress=True)
     shards = _prepare_shards(corpus.pool_dir, work / "shards", True)
     run = _pretrain(cfg, "AudioMAE++", "plusplus", shards, steps, work)
-    embedders = {"logmel": LogMelStatsEmbedder(), "audiomaepp": Embedder.from_dir(run["model_dir"], device="cpu")}
+    embedders = {
+        "logmel": LogMelStatsEmbedder(),
+        "audiomaepp": Embedder.from_dir(run["model_dir"], device="cpu"),
+    }
     for name, emb in embedders.items():
         for task_dir in corpus.task_dirs.values():
             task = read_task(task_dir)
@@ -62,24 +65,39 @@ def prepare(work: Path, steps: int) -> None:
             meta = json.loads((task.path / "task_metadata.json").read_text())
             meta["splits"] = task.split_names  # the kit reads the split list from here
             (out / "task_metadata.json").write_text(json.dumps(meta, indent=1))
-            (out / "labelvocabulary.csv").write_text((task.path / "labelvocabulary.csv").read_text())
+            (out / "labelvocabulary.csv").write_text(
+                (task.path / "labelvocabulary.csv").read_text()
+            )
             for split in task.split_names:
                 x = embed_split(emb, task, split, work / "cache", progress=True)
                 x = x.astype(np.float16).astype(np.float32)  # what the fixture can store exactly
-                np.ascontiguousarray(x).tofile(out / f"{split}.embeddings.npy")  # raw: the kit memmaps it
+                np.ascontiguousarray(x).tofile(
+                    out / f"{split}.embeddings.npy"
+                )  # raw: the kit memmaps it
                 (out / f"{split}.embedding-dimensions.json").write_text(json.dumps(list(x.shape)))
                 with open(out / f"{split}.target-labels.pkl", "wb") as fh:
                     pickle.dump([list(labels) for labels in task.splits[split].values()], fh)
                 np.save(out / f"{split}.ours.npy", x)  # the same values with a header, for stage 3
-    (work / "prepare.json").write_text(json.dumps({"steps": steps, "model_dir": str(run["model_dir"]),
-                                                   "final_loss": run["final_loss"]}, indent=1))
+    (work / "prepare.json").write_text(
+        json.dumps(
+            {"steps": steps, "model_dir": str(run["model_dir"]), "final_loss": run["final_loss"]},
+            indent=1,
+        )
+    )
 
 
 # ---- stage 2: the kit ----------------------------------------------------------------------------------
 def kit(work: Path, seeds: int, embedders: list[str]) -> None:
-    venv = Path(os.environ.get("HEAREVAL_VENV", Path(os.environ.get("TMPDIR", "/tmp")) / "heareval-venv"))
-    env = {**os.environ, "PYTHONPATH": f"{HEAR_KIT / 'tfstub'}:{HEAR_KIT}",
-           "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    venv = Path(
+        os.environ.get("HEAREVAL_VENV", Path(os.environ.get("TMPDIR", "/tmp")) / "heareval-venv")
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{HEAR_KIT / 'tfstub'}:{HEAR_KIT}",
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     for seed in range(seeds):
         for name in embedders:
             src = work / "kit" / name
@@ -96,9 +114,19 @@ def kit(work: Path, seeds: int, embedders: list[str]) -> None:
                             target.symlink_to(f)
             start = time.time()
             with open(dst / "kit.log", "w") as log:
-                subprocess.run([str(venv / "bin" / "python"), str(HEAR_KIT / "pred_wrapper.py"), str(seed),
-                                *[str(p) for p in sorted(dst.iterdir()) if p.is_dir()]],
-                               cwd=dst, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+                subprocess.run(
+                    [
+                        str(venv / "bin" / "python"),
+                        str(HEAR_KIT / "pred_wrapper.py"),
+                        str(seed),
+                        *[str(p) for p in sorted(dst.iterdir()) if p.is_dir()],
+                    ],
+                    cwd=dst,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                )
             print(f"kit {name} seed {seed}: {time.time() - start:.0f} s", flush=True)
 
 
@@ -108,7 +136,11 @@ def kit_scores(work: Path, name: str) -> dict[str, list[float]]:
     for seed_dir in sorted((work / "kit_runs" / name).glob("seed*"), key=lambda p: int(p.name[4:])):
         for f in sorted(seed_dir.glob("*/test.predicted-scores.json")):
             d = json.loads(f.read_text())
-            score = d["aggregated_scores"]["test_score_mean"] if "aggregated_scores" in d else d["test"]["test_score"]
+            score = (
+                d["aggregated_scores"]["test_score_mean"]
+                if "aggregated_scores" in d
+                else d["test"]["test_score"]
+            )
             out.setdefault(f.parent.name, []).append(float(score))
     return out
 
@@ -124,8 +156,17 @@ def our_scores(work: Path, name: str, seeds: int) -> tuple[dict[str, list[float]
             return saved["scores"], saved["seconds"]
     scores, seconds = _score_ours(work, name, seeds)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"seeds": seeds, "scores": scores, "seconds": seconds,
-                                 "torch_threads": __import__("torch").get_num_threads()}, indent=1))
+    cache.write_text(
+        json.dumps(
+            {
+                "seeds": seeds,
+                "scores": scores,
+                "seconds": seconds,
+                "torch_threads": __import__("torch").get_num_threads(),
+            },
+            indent=1,
+        )
+    )
     return scores, seconds
 
 
@@ -145,10 +186,18 @@ def _score_ours(work: Path, name: str, seeds: int) -> tuple[dict[str, list[float
 def compare(work: Path, seeds: int, embedders: list[str], fixture: bool) -> None:
     from audiomaepp.evaluation import mean_ci
 
-    rows, payload = [], {"seeds": seeds, "prepare": json.loads((work / "prepare.json").read_text()),
-                         "embedders": {}}
-    lines = ["| embedder | task | hear-eval-kit 2021.1.3 | audiomaepp | |diff| | within both CIs |",
-             "|---|---|---:|---:|---:|:---:|"]
+    rows, payload = (
+        [],
+        {
+            "seeds": seeds,
+            "prepare": json.loads((work / "prepare.json").read_text()),
+            "embedders": {},
+        },
+    )
+    lines = [
+        "| embedder | task | hear-eval-kit 2021.1.3 | audiomaepp | |diff| | within both CIs |",
+        "|---|---|---:|---:|---:|:---:|",
+    ]
     for name in embedders:
         theirs = kit_scores(work, name)
         ours, seconds = our_scores(work, name, seeds)
@@ -158,11 +207,17 @@ def compare(work: Path, seeds: int, embedders: list[str], fixture: bool) -> None
             ok = abs(mk - mo) <= ck and abs(mk - mo) <= co
             rows.append(ok)
             payload["embedders"][name]["tasks"][task] = {
-                "kit": theirs[task], "ours": ours[task], "kit_mean_ci": [mk, ck], "ours_mean_ci": [mo, co],
-                "within_both_cis": ok}
-            lines.append(f"| {name} | {task} | {100 * mk:.1f} ± {100 * ck:.1f} (n={len(theirs[task])}) | "
-                         f"{100 * mo:.1f} ± {100 * co:.1f} (n={len(ours[task])}) | {100 * abs(mk - mo):.1f} | "
-                         f"{'yes' if ok else 'NO'} |")
+                "kit": theirs[task],
+                "ours": ours[task],
+                "kit_mean_ci": [mk, ck],
+                "ours_mean_ci": [mo, co],
+                "within_both_cis": ok,
+            }
+            lines.append(
+                f"| {name} | {task} | {100 * mk:.1f} ± {100 * ck:.1f} (n={len(theirs[task])}) | "
+                f"{100 * mo:.1f} ± {100 * co:.1f} (n={len(ours[task])}) | {100 * abs(mk - mo):.1f} | "
+                f"{'yes' if ok else 'NO'} |"
+            )
     payload["all_within"] = all(rows)
     table = "\n".join(lines) + "\n"
     print(table)
@@ -180,7 +235,10 @@ def write_fixture(work: Path, payload: dict) -> None:
     for task in FIXTURE_TASKS:
         src = work / "kit" / FIXTURE_EMBEDDER / task
         task_meta = json.loads((src / "task_metadata.json").read_text())
-        labels = [line.split(",", 1)[1] for line in (src / "labelvocabulary.csv").read_text().splitlines()[1:]]
+        labels = [
+            line.split(",", 1)[1]
+            for line in (src / "labelvocabulary.csv").read_text().splitlines()[1:]
+        ]
         for split in task_meta["splits"]:
             arrays[f"{task}/{split}/x"] = np.load(src / f"{split}.ours.npy").astype(np.float16)
             with open(src / f"{split}.target-labels.pkl", "rb") as fh:
@@ -189,10 +247,14 @@ def write_fixture(work: Path, payload: dict) -> None:
             for r, row in enumerate(rows):
                 y[r, [labels.index(str(label)) for label in row]] = 1
             arrays[f"{task}/{split}/y"] = y
-        meta["tasks"][task] = {"prediction_type": task_meta["prediction_type"],
-                               "split_mode": task_meta["split_mode"], "metric": task_meta["evaluation"][0],
-                               "splits": task_meta["splits"], "labels": labels,
-                               "kit_seed_scores": payload["embedders"][FIXTURE_EMBEDDER]["tasks"][task]["kit"]}
+        meta["tasks"][task] = {
+            "prediction_type": task_meta["prediction_type"],
+            "split_mode": task_meta["split_mode"],
+            "metric": task_meta["evaluation"][0],
+            "splits": task_meta["splits"],
+            "labels": labels,
+            "kit_seed_scores": payload["embedders"][FIXTURE_EMBEDDER]["tasks"][task]["kit"],
+        }
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(FIXTURE.with_suffix(".npz"), **arrays)
     FIXTURE.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -202,11 +264,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=["prepare", "kit", "compare"])
     p.add_argument("--work", type=Path, default=Path("/tmp/golden_heareval"))
-    p.add_argument("--steps", type=int, default=300, help="pretraining steps of the demo model (prepare)")
+    p.add_argument(
+        "--steps", type=int, default=300, help="pretraining steps of the demo model (prepare)"
+    )
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--embedders", nargs="+", default=["logmel", "audiomaepp"])
     p.add_argument("--fixture", action="store_true", help="also write the CI fixture (compare)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for our probe (compare)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads for our probe (compare)"
+    )
     a = p.parse_args(argv)
     if a.threads:
         __import__("torch").set_num_threads(a.threads)

@@ -24,7 +24,9 @@ def main() -> None:
     p.add_argument("--release", required=True)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="float32", help="float32, bfloat16 or float16 (the release's names)")
+    p.add_argument(
+        "--precision", default="float32", help="float32, bfloat16 or float16 (the release's names)"
+    )
     p.add_argument("--clips", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--iters", type=int, default=3)
@@ -47,12 +49,19 @@ def main() -> None:
         torch.manual_seed(0)
         model = utilities.get_model(config)
         model = model[0] if isinstance(model, (tuple, list)) else model
-        torch.save({"model": model.state_dict()}, os.path.join(weights, "checkpoints", "checkpoint-0.pth"))
+        torch.save(
+            {"model": model.state_dict()}, os.path.join(weights, "checkpoints", "checkpoint-0.pth")
+        )
         del model
         runtime = RuntimeMAE(config=config, weights_dir=weights, precision=args.precision)
     runtime = runtime.to(args.device)
     device = torch.device(args.device)
-    audio = torch.rand(args.clips, int(16000 * args.seconds), generator=torch.Generator().manual_seed(0)) - 0.5
+    audio = (
+        torch.rand(
+            args.clips, int(16000 * args.seconds), generator=torch.Generator().manual_seed(0)
+        )
+        - 0.5
+    )
     audio = audio.to(device)
 
     def sync() -> None:
@@ -64,13 +73,24 @@ def main() -> None:
         sync()
         times = []
         start = time.perf_counter()
-        while len(times) < args.iters and (not times or time.perf_counter() - start < args.max_seconds):
+        while len(times) < args.iters and (
+            not times or time.perf_counter() - start < args.max_seconds
+        ):
             t0 = time.perf_counter()
             out = runtime.get_scene_embeddings(audio)
             sync()
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"seconds_per_call": min(times), "calls": len(times), "all_seconds": times,
-                      "embedding_shape": list(out.shape), "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "seconds_per_call": min(times),
+                "calls": len(times),
+                "all_seconds": times,
+                "embedding_shape": list(out.shape),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ CONFORMANCE = REPO.parent / "shared" / "conformance" / "official_tiny64"
 @pytest.fixture(scope="session")
 def conformance_dir() -> Path:
     if not (CONFORMANCE / "checkpoint-99.pth").is_file():
-        pytest.fail(f"conformance files not found at {CONFORMANCE} (expected ../shared beside the repo)")
+        pytest.fail(
+            f"conformance files not found at {CONFORMANCE} (expected ../shared beside the repo)"
+        )
     return CONFORMANCE
 
 
@@ -30,7 +32,9 @@ def converted_dir(conformance_dir: Path, tmp_path_factory: pytest.TempPathFactor
     from audiomaepp.model.release import convert_release
 
     out = tmp_path_factory.mktemp("official_tiny64")
-    convert_release(conformance_dir / "checkpoint-99.pth", out, release_config=conformance_dir / "config.json")
+    convert_release(
+        conformance_dir / "checkpoint-99.pth", out, release_config=conformance_dir / "config.json"
+    )
     return out
 
 
@@ -38,5 +42,12 @@ def micro_config(**overrides):
     """A very small model for fast CPU tests."""
     from audiomaepp import AudioMAEConfig
 
-    base = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    base = dict(
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     return AudioMAEConfig.preset("tiny", **{**base, **overrides})

@@ -240,7 +240,9 @@ def test_other_config_in_the_same_folder_is_refused_unless_overwrite(
     out = _copy(prepared, tmp_path)
     with pytest.raises(ValueError, match="different input list or config"):
         prepare_shards([audio_dir], out, _cfg(shard_size_mb=1.0), progress=False)
-    report = prepare_shards([audio_dir], out, _cfg(shard_size_mb=1.0), overwrite=True, progress=False)
+    report = prepare_shards(
+        [audio_dir], out, _cfg(shard_size_mb=1.0), overwrite=True, progress=False
+    )
     assert [s["name"] for s in report.manifest["shards"]] == ["shard-000000.tar"]
     assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar"]
 
@@ -783,7 +785,9 @@ def test_long_file_is_cut_into_segments_decoded_piece_by_piece(
     assert reads and max(reads) <= 30 * 44_100  # never the whole 75-s file at once
     manifest = load_manifest(out)
     assert manifest["config"]["segment_s"] == 30.0
-    assert [(Path(s["path"]).name, s["segments"]) for s in manifest["segmented"]] == [("long.wav", 3)]
+    assert [(Path(s["path"]).name, s["segments"]) for s in manifest["segmented"]] == [
+        ("long.wav", 3)
+    ]
     assert manifest["clips"] == 4  # 3 segments + the short clip
     stored = _stored(out)
     long_keys = sorted(k for k in stored if k.startswith("long"))

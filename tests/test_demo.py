@@ -16,13 +16,26 @@ def demo(tmp_path_factory):
 
 
 def _small_config(out) -> DemoConfig:
-    return DemoConfig(out=str(out), steps=12, probe_seeds=2, probe_max_epochs=30, device="cpu",
-                      corpus=dict(n_pool=16, n_per_task=40), progress=False)
+    return DemoConfig(
+        out=str(out),
+        steps=12,
+        probe_seeds=2,
+        probe_max_epochs=30,
+        device="cpu",
+        corpus=dict(n_pool=16, n_per_task=40),
+        progress=False,
+    )
 
 
 def test_demo_writes_the_report(demo):
     out = demo.out
-    for name in ("DEMO.md", "demo.json", "report/results.md", "report/results.png", "report/results.json"):
+    for name in (
+        "DEMO.md",
+        "demo.json",
+        "report/results.md",
+        "report/results.png",
+        "report/results.json",
+    ):
         assert (out / name).is_file(), name
     assert list((out / "report").glob("reconstruction_*.png")), "no reconstruction picture"
     for run in ("audiomaepp", "mae_vanilla"):
@@ -35,10 +48,21 @@ def test_demo_writes_the_report(demo):
 
 
 def test_demo_table_has_the_four_models(demo):
-    rows = [line for line in demo.table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split("|")[1].strip() for r in rows] == ["AudioMAE++", "MAE (vanilla)", "random init",
-                                                       "log-mel mean+std"]
-    assert set(demo.normalized) == {"AudioMAE++", "MAE (vanilla)", "random init", "log-mel mean+std"}
+    rows = [
+        line for line in demo.table.splitlines() if line.startswith("| ") and "---" not in line
+    ][1:]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "AudioMAE++",
+        "MAE (vanilla)",
+        "random init",
+        "log-mel mean+std",
+    ]
+    assert set(demo.normalized) == {
+        "AudioMAE++",
+        "MAE (vanilla)",
+        "random init",
+        "log-mel mean+std",
+    }
     meta = json.loads((demo.out / "demo.json").read_text())
     assert meta["steps"] == 12 and len(meta["verdicts"]) == 2
 
@@ -65,12 +89,16 @@ def _expected_answer(result: dict, a: str, b: str) -> tuple[str, int, int]:
 def test_verdicts_follow_the_numbers(demo):
     result = json.loads((demo.out / "report" / "results.json").read_text())
     scores = result["normalized_score"]
-    for line, (a, b) in zip(demo.verdicts, [("AudioMAE++", "random init"), ("AudioMAE++", "MAE (vanilla)")],
-                            strict=True):
+    for line, (a, b) in zip(
+        demo.verdicts, [("AudioMAE++", "random init"), ("AudioMAE++", "MAE (vanilla)")], strict=True
+    ):
         assert f"normalized score {scores[a]:.1f} vs {scores[b]:.1f}" in line
         answer, wins, losses = _expected_answer(result, a, b)
         assert f"**{answer}**" in line
-        assert f"clearly better (95 % CIs disjoint) on {wins} of" in line and f"clearly worse on {losses}," in line
+        assert (
+            f"clearly better (95 % CIs disjoint) on {wins} of" in line
+            and f"clearly worse on {losses}," in line
+        )
 
 
 def test_demo_shows_both_loss_curves(demo):
@@ -78,12 +106,16 @@ def test_demo_shows_both_loss_curves(demo):
 
     assert (demo.out / "report" / "loss_curves.png").is_file()
     rows = [r for r in demo.losses.splitlines() if r.startswith("| ")]
-    assert rows[0].startswith("| pretraining loss at step |") and rows[0].rstrip(" |").endswith("12")
+    assert rows[0].startswith("| pretraining loss at step |") and rows[0].rstrip(" |").endswith(
+        "12"
+    )
     for name, run in (("AudioMAE++", "audiomaepp"), ("MAE (vanilla)", "mae_vanilla")):
         curve = loss_curve(demo.out / "runs" / run)
         assert curve and curve[-1][0] == 12
         row = next(r for r in rows if r.startswith(f"| {name} |"))
-        assert row.split("|")[-2].strip() == f"{curve[-1][1]:.3f}"  # the last column is the final loss
+        assert (
+            row.split("|")[-2].strip() == f"{curve[-1][1]:.3f}"
+        )  # the last column is the final loss
     assert demo.losses in (demo.out / "DEMO.md").read_text()
 
 
@@ -134,7 +166,11 @@ def test_demo_defaults_are_machine_independent():
 
 def test_same_seed_prints_the_same_table(demo, tmp_path):
     again = run_demo(_small_config(tmp_path / "again"))
-    assert again.table == demo.table and again.verdicts == demo.verdicts and again.losses == demo.losses
+    assert (
+        again.table == demo.table
+        and again.verdicts == demo.verdicts
+        and again.losses == demo.losses
+    )
 
 
 def test_rerun_with_other_steps_starts_afresh(demo, tmp_path):
@@ -142,8 +178,13 @@ def test_rerun_with_other_steps_starts_afresh(demo, tmp_path):
     (Runs last: it replaces the fixture's AudioMAE++ run.)"""
     from audiomaepp.demo import _pretrain
 
-    cfg = DemoConfig(out=str(demo.out), steps=6, device="cpu", corpus=dict(n_pool=16, n_per_task=40),
-                     progress=False)
+    cfg = DemoConfig(
+        out=str(demo.out),
+        steps=6,
+        device="cpu",
+        corpus=dict(n_pool=16, n_per_task=40),
+        progress=False,
+    )
     run = _pretrain(cfg, "AudioMAE++", "plusplus", demo.out / "shards", 6, demo.out)
     state = json.loads((run["run_dir"] / "result.json").read_text())
     assert state["step"] == 6 and state["total_steps"] == 6

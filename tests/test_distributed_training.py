@@ -61,15 +61,24 @@ def _check_matches(run_dir: Path, reference) -> None:
             # The key bias has an exactly zero gradient (softmax ignores a shift shared by all keys),
             # so Adam turns rounding noise into lr-sized steps: bounded by lr * steps, not by 1e-5.
             d = x.numel() // 3
-            assert torch.allclose(x[d:2 * d], y[d:2 * d], atol=cfg.peak_lr() * STEPS, rtol=0), name
-            x, y = torch.cat([x[:d], x[2 * d:]]), torch.cat([y[:d], y[2 * d:]])
+            assert torch.allclose(x[d : 2 * d], y[d : 2 * d], atol=cfg.peak_lr() * STEPS, rtol=0), (
+                name
+            )
+            x, y = torch.cat([x[:d], x[2 * d :]]), torch.cat([y[:d], y[2 * d :]])
         assert torch.allclose(x, y, atol=1e-5, rtol=0), name
 
 
 def test_torchrun_two_ranks_match_one_process(shard_dir, tmp_path, reference):
     cfg = _dist_config(shard_dir, tmp_path / "run")
     log = tmp_path / "log.txt"
-    launcher = ("--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()))
+    launcher = (
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+    )
     proc = start(torchrun(config_flags(cfg), *launcher), log)
     assert wait(proc, log, TIMEOUT) == 0, log.read_text()[-4000:]
     plan = (tmp_path / "run" / "plan.json").read_text()
@@ -83,8 +92,20 @@ def test_two_nodes_c10d_rendezvous(shard_dir, tmp_path, reference):
     endpoint = f"127.0.0.1:{free_port()}"
     procs = []
     for node in (0, 1):
-        launcher = ("--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node), "--rdzv-backend",
-                    "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "two-node-test")
+        launcher = (
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--node-rank",
+            str(node),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            endpoint,
+            "--rdzv-id",
+            "two-node-test",
+        )
         log = tmp_path / f"node{node}.txt"
         procs.append((start(torchrun(config_flags(cfg), *launcher), log), log))
     for proc, log in procs:
@@ -97,7 +118,14 @@ def test_sigterm_to_torchrun_checkpoints_and_resumes(shard_dir, tmp_path):
     rank 0 checkpoints, every rank exits 0, and a second launch continues from there."""
     cfg = _dist_config(shard_dir, tmp_path / "run").replace(max_steps=10_000, num_workers=1)
     log = tmp_path / "log.txt"
-    launcher = ("--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()))
+    launcher = (
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+    )
     proc = start(torchrun(config_flags(cfg), *launcher), log)
     deadline = time.monotonic() + TIMEOUT
     while len(read_metrics(cfg.out_dir)) < 3:
@@ -108,14 +136,23 @@ def test_sigterm_to_torchrun_checkpoints_and_resumes(shard_dir, tmp_path):
     wait(proc, log, TIMEOUT)  # torchrun itself reports the signal with a non-zero code
     text = log.read_text()
     assert text.count("SIGTERM received") == 2 and "pretrain stopped" in text, text
-    assert "RuntimeError" not in text and "DataLoader worker" not in text, text  # only torchrun complains
+    assert "RuntimeError" not in text and "DataLoader worker" not in text, (
+        text
+    )  # only torchrun complains
     ckpts = list_checkpoints(cfg.out_dir)
     assert len(ckpts) == 1
     stopped = json.loads((ckpts[0] / "state.json").read_text())["step"]
     assert stopped >= 3 and max(losses(read_metrics(cfg.out_dir))) == stopped
     resumed = cfg.replace(resume="auto", stop_after=stopped + 2)
     log2 = tmp_path / "log2.txt"
-    launcher = ("--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()))
+    launcher = (
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+    )
     proc = start(torchrun(config_flags(resumed) + ["--resume", "auto"], *launcher), log2)
     assert wait(proc, log2, TIMEOUT) == 0, log2.read_text()[-4000:]
     assert sorted(losses(read_metrics(cfg.out_dir))) == list(range(1, stopped + 3))

@@ -63,9 +63,13 @@ def test_hear_batch_matches_the_oracle(converted_dir, full_model, layout):
     audio = torch.randn(3, 16000 * 5) * 0.1  # 3 chunks per clip: batches cut across clips
     emb, ts = hear.get_timestamp_embeddings(audio, model)
     for b in range(3):
-        torch.testing.assert_close(emb[b], reference_steps(full_model, audio[b], layout), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            emb[b], reference_steps(full_model, audio[b], layout), rtol=0, atol=1e-5
+        )
     assert ts.shape == emb.shape[:2]
-    torch.testing.assert_close(hear.get_scene_embeddings(audio, model), emb.mean(dim=1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        hear.get_scene_embeddings(audio, model), emb.mean(dim=1), rtol=0, atol=1e-5
+    )
 
 
 def test_front_end_on_segments_equals_the_whole_clip_front_end(converted_dir, clips):
@@ -75,7 +79,9 @@ def test_front_end_on_segments_equals_the_whole_clip_front_end(converted_dir, cl
 
     emb = Embedder.from_dir(converted_dir, device="cpu", batch_size=5)
     plans = [emb.plan(len(c)) for c in clips]
-    segments = torch.cat([emb.segments(torch.from_numpy(c), p.num_chunks) for c, p in zip(clips, plans, strict=True)])
+    segments = torch.cat(
+        [emb.segments(torch.from_numpy(c), p.num_chunks) for c, p in zip(clips, plans, strict=True)]
+    )
     chunks = emb.standardized_chunks(segments, plans)  # (sum C, 1, 200, 80)
     start = 0
     for clip, plan in zip(clips, plans, strict=True):
@@ -133,7 +139,9 @@ def test_embed_files_decodes_in_workers_and_reports_bad_files(converted_dir, cli
     direct = emb.embed(clips[:5])
     got = np.stack([it.embedding for it in items if it.embedding is not None])
     np.testing.assert_allclose(got, direct, rtol=0, atol=1e-6)
-    assert [it.num_samples for it in items] == [len(c) for c in clips[:2]] + [0] + [len(c) for c in clips[2:5]]
+    assert [it.num_samples for it in items] == [len(c) for c in clips[:2]] + [0] + [
+        len(c) for c in clips[2:5]
+    ]
 
 
 def test_the_evaluation_cache_embeds_through_the_same_path(converted_dir, clips, tmp_path):
@@ -159,6 +167,10 @@ def test_the_evaluation_cache_embeds_through_the_same_path(converted_dir, clips,
     paths.remove(tmp_path / "in" / "broken.wav")
     task = OneSplitTask(paths)
     emb = Embedder.from_dir(converted_dir, device="cpu", batch_size=4)
-    np.testing.assert_allclose(embed_split(emb, task, "test"), emb.embed(clips[:4]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        embed_split(emb, task, "test"), emb.embed(clips[:4]), rtol=0, atol=1e-6
+    )
     base = LogMelStatsEmbedder()
-    np.testing.assert_allclose(embed_split(base, task, "test"), base.embed(clips[:4]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        embed_split(base, task, "test"), base.embed(clips[:4]), rtol=0, atol=1e-6
+    )

@@ -86,18 +86,33 @@ def _labels_for(rng: np.random.Generator, i: int, ptype: str, ncls: int) -> list
     return [int(c) for c in np.flatnonzero(mask)]
 
 
-def make_task(root: Path, name: str, ptype: str, mode: str, splits: dict[str, int],
-              ncls: int = 3, seed: int = 0, metrics: tuple[str, ...] = ("top1_acc",)) -> Path:
+def make_task(
+    root: Path,
+    name: str,
+    ptype: str,
+    mode: str,
+    splits: dict[str, int],
+    ncls: int = 3,
+    seed: int = 0,
+    metrics: tuple[str, ...] = ("top1_acc",),
+) -> Path:
     """Write a HEAR-format scene task with ``splits[name]`` clips per split."""
     rng = np.random.default_rng(seed)
     d = root / name
     d.mkdir(parents=True)
-    meta = {"task_name": name, "embedding_type": "scene", "prediction_type": ptype,
-            "split_mode": mode, "nfolds": None if mode == "trainvaltest" else len(splits),
-            "evaluation": list(metrics), "sample_duration": 0.25}
+    meta = {
+        "task_name": name,
+        "embedding_type": "scene",
+        "prediction_type": ptype,
+        "split_mode": mode,
+        "nfolds": None if mode == "trainvaltest" else len(splits),
+        "evaluation": list(metrics),
+        "sample_duration": 0.25,
+    }
     (d / "task_metadata.json").write_text(json.dumps(meta))
     (d / "labelvocabulary.csv").write_text(
-        "idx,label\n" + "".join(f"{i},{LABELS[i]}\n" for i in range(ncls)))
+        "idx,label\n" + "".join(f"{i},{LABELS[i]}\n" for i in range(ncls))
+    )
     for split, n in splits.items():
         (d / "16000" / split).mkdir(parents=True)
         entries = {}
@@ -114,10 +129,24 @@ def make_task(root: Path, name: str, ptype: str, mode: str, splits: dict[str, in
 def tasks_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tasks")
     make_task(root, "tones", "multiclass", "trainvaltest", {"train": 45, "valid": 15, "test": 30})
-    make_task(root, "mix", "multilabel", "trainvaltest", {"train": 60, "valid": 20, "test": 30},
-              seed=1, metrics=("mAP", "d_prime", "aucroc", "top1_acc"))
-    make_task(root, "kfold", "multiclass", "new_split_kfold",
-              {"fold00": 15, "fold01": 15, "fold02": 15}, ncls=2, seed=2)
+    make_task(
+        root,
+        "mix",
+        "multilabel",
+        "trainvaltest",
+        {"train": 60, "valid": 20, "test": 30},
+        seed=1,
+        metrics=("mAP", "d_prime", "aucroc", "top1_acc"),
+    )
+    make_task(
+        root,
+        "kfold",
+        "multiclass",
+        "new_split_kfold",
+        {"fold00": 15, "fold01": 15, "fold02": 15},
+        ncls=2,
+        seed=2,
+    )
     return root
 
 
@@ -160,7 +189,11 @@ class MeanOnlyEmbedder:
 
 def test_read_trainvaltest_task(tasks_root):
     task = read_task(tasks_root / "tones")
-    assert (task.name, task.prediction_type, task.split_mode) == ("tones", "multiclass", "trainvaltest")
+    assert (task.name, task.prediction_type, task.split_mode) == (
+        "tones",
+        "multiclass",
+        "trainvaltest",
+    )
     assert task.labels == LABELS and task.primary_metric == "top1_acc"
     assert task.split_names == ["train", "valid", "test"]
     assert task.folds() == [Fold(("train",), "valid", "test")]
@@ -206,6 +239,7 @@ def _set(key, value):
     def edit(meta):
         meta[key] = value
         return meta
+
     return edit
 
 
@@ -213,6 +247,7 @@ def _drop(key):
     def edit(meta):
         meta.pop(key)
         return meta
+
     return edit
 
 
@@ -295,11 +330,15 @@ def test_top1_and_chroma_accuracy():
 
 def test_average_precision_by_hand():
     # ranking 0.9(+) 0.8(-) 0.7(+) 0.1(-): precision 1/1 at the first hit, 2/3 at the second
-    assert average_precision(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0])) == pytest.approx(5 / 6)
+    assert average_precision(
+        np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0])
+    ) == pytest.approx(5 / 6)
     # one tied block of {+, -}: a single threshold with precision 1/2
     assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)
     # ties inside a ranking: 0.9(+) then a block {0.5(-), 0.5(+)}: steps at 1/1 and 2/3
-    assert average_precision(np.array([0.9, 0.5, 0.5]), np.array([1, 0, 1])) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert average_precision(np.array([0.9, 0.5, 0.5]), np.array([1, 0, 1])) == pytest.approx(
+        0.5 + 0.5 * 2 / 3
+    )
     assert average_precision(np.array([0.3, 0.2]), np.array([0, 0])) == 0.0  # scikit-learn >= 1.1
 
 
@@ -320,7 +359,9 @@ def test_aucroc_and_d_prime_by_hand():
     two = np.array([[0.9, 0.1], [0.2, 0.3], [0.8, 0.5]])
     assert math.isnan(aucroc(two, np.array([[1, 0], [0, 0], [1, 0]])))  # class 1 has no positive
     assert math.isnan(d_prime(two, np.array([[1, 0], [0, 0], [1, 0]])))
-    assert d_prime(two[:, :1], np.array([[1], [0], [1]])) == math.inf  # perfect ranking: no clipping
+    assert (
+        d_prime(two[:, :1], np.array([[1], [0], [1]])) == math.inf
+    )  # perfect ranking: no clipping
 
 
 # --------------------------------------------------------------------------- statistics
@@ -328,8 +369,16 @@ def test_aucroc_and_d_prime_by_hand():
 
 @pytest.mark.parametrize(
     ("p", "df", "expected"),
-    [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 9, 2.2622),
-     (0.975, 29, 2.0452), (0.995, 3, 5.8409), (0.9, 5, 1.4759), (0.975, 120, 1.9799)],
+    [
+        (0.975, 1, 12.7062),
+        (0.975, 2, 4.3027),
+        (0.975, 4, 2.7764),
+        (0.975, 9, 2.2622),
+        (0.975, 29, 2.0452),
+        (0.995, 3, 5.8409),
+        (0.9, 5, 1.4759),
+        (0.975, 120, 1.9799),
+    ],
 )
 def test_t_quantile_known_values(p, df, expected):
     assert t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
@@ -340,7 +389,9 @@ def test_t_quantile_known_values(p, df, expected):
 def test_betainc_closed_forms():
     # I_x(1, b) = 1 - (1 - x)^b ; I_x(1/2, 1/2) = 2/pi * asin(sqrt(x))
     assert betainc(1.0, 3.0, 0.2) == pytest.approx(1 - 0.8**3, rel=1e-12)
-    assert betainc(0.5, 0.5, 0.3) == pytest.approx(2 / math.pi * math.asin(math.sqrt(0.3)), rel=1e-12)
+    assert betainc(0.5, 0.5, 0.3) == pytest.approx(
+        2 / math.pi * math.asin(math.sqrt(0.3)), rel=1e-12
+    )
     assert betainc(2.0, 3.0, 0.4) == pytest.approx(0.5248, rel=1e-12)
 
 
@@ -381,8 +432,12 @@ def test_probe_init_is_the_kits_draw_for_the_same_seed():
     torch.manual_seed(7)
     kit = _kit_probe(40, 5, 64, 0.1)
     ours = init_weights(40, 5, 64, torch.Generator().manual_seed(7))
-    assert torch.equal(ours.w1, kit[0].weight.detach().t()) and torch.equal(ours.b1, kit[0].bias.detach())
-    assert torch.equal(ours.w2, kit[4].weight.detach().t()) and torch.equal(ours.b2, kit[4].bias.detach())
+    assert torch.equal(ours.w1, kit[0].weight.detach().t()) and torch.equal(
+        ours.b1, kit[0].bias.detach()
+    )
+    assert torch.equal(ours.w2, kit[4].weight.detach().t()) and torch.equal(
+        ours.b2, kit[4].bias.detach()
+    )
     assert float(ours.b1.abs().max()) > 0  # PyTorch's default bias init, as the kit keeps it
     assert torch.equal(ours.gamma, torch.ones(64)) and torch.equal(ours.running_var, torch.ones(64))
 
@@ -405,15 +460,20 @@ def test_probe_step_matches_the_kits_modules(prediction_type):
     torch.manual_seed(99)  # nn.Dropout draws its mask from the global generator...
     kit.train()
     logits_kit = kit(x)
-    mask = torch.empty(50, 32).bernoulli_(0.75, generator=torch.Generator().manual_seed(99)).div_(0.75)
+    mask = (
+        torch.empty(50, 32).bernoulli_(0.75, generator=torch.Generator().manual_seed(99)).div_(0.75)
+    )
     w = P.init_weights(12, 4, 32, torch.Generator().manual_seed(3))
     w = P.ProbeWeights.stack([w])
     for k in P.ProbeWeights.PARAMS:
         getattr(w, k).requires_grad_(True)
     logits = P._logits_train(w, x, mask[None])[0]  # ...ours from the member's generator: same draw
     torch.testing.assert_close(logits, logits_kit, rtol=1e-5, atol=1e-5)
-    loss_kit = (torch.nn.CrossEntropyLoss()(logits_kit, y.argmax(1)) if prediction_type == "multiclass"
-                else torch.nn.BCEWithLogitsLoss()(logits_kit, y))
+    loss_kit = (
+        torch.nn.CrossEntropyLoss()(logits_kit, y.argmax(1))
+        if prediction_type == "multiclass"
+        else torch.nn.BCEWithLogitsLoss()(logits_kit, y)
+    )
     loss = P._member_loss(logits, y, prediction_type)
     torch.testing.assert_close(loss, loss_kit)
     opt_kit = torch.optim.Adam(kit.parameters(), lr=1e-2)
@@ -429,7 +489,9 @@ def test_probe_step_matches_the_kits_modules(prediction_type):
     torch.testing.assert_close(w.running_var[0], kit[1].running_var)  # unbiased, momentum 0.1
     # The first bias feeds BatchNorm, which removes it: its gradient is rounding noise that Adam
     # turns into steps of +-lr in either implementation, so only compare eval with it aligned.
-    assert float((w.b1[0] - kit[0].bias).detach().abs().max()) <= 2e-2 * (1 + 1e-5)  # each moved <= lr
+    assert float((w.b1[0] - kit[0].bias).detach().abs().max()) <= 2e-2 * (
+        1 + 1e-5
+    )  # each moved <= lr
     with torch.no_grad():
         w.b1.copy_(kit[0].bias[None])
     kit.eval()
@@ -456,22 +518,31 @@ def _random_probe_data(rng, n: int, d: int, c: int, multilabel: bool) -> ProbeDa
     return ProbeData(x, y)
 
 
-@pytest.mark.parametrize(("prediction_type", "metric"), [("multiclass", "top1_acc"), ("multilabel", "mAP")])
+@pytest.mark.parametrize(
+    ("prediction_type", "metric"), [("multiclass", "top1_acc"), ("multilabel", "mAP")]
+)
 def test_batched_members_are_bit_for_bit_the_single_probes(prediction_type, metric):
     rng = np.random.default_rng(0)
     tr, va = (_random_probe_data(rng, n, 9, 5, prediction_type == "multilabel") for n in (83, 40))
-    cfg = ProbeConfig(hidden_dim=48, batch_size=32, max_epochs=60, patience=3)  # 3 batches, last one short
+    cfg = ProbeConfig(
+        hidden_dim=48, batch_size=32, max_epochs=60, patience=3
+    )  # 3 batches, last one short
     members = [Member(s, p) for s in (0, 1, 2, 5) for p in (0.1, 0.25)]
     together = fit_members(tr, va, prediction_type, metric, members, cfg)
     assert len({r.epochs for r in together}) > 1  # members stopped at different epochs
     for m, r in zip(members, together, strict=True):
         alone = fit_members(tr, va, prediction_type, metric, [m], cfg)[0]
-        assert (r.member, r.valid_score, r.best_epoch, r.epochs) == (alone.member, alone.valid_score,
-                                                                      alone.best_epoch, alone.epochs)
+        assert (r.member, r.valid_score, r.best_epoch, r.epochs) == (
+            alone.member,
+            alone.valid_score,
+            alone.best_epoch,
+            alone.epochs,
+        )
         for k, v in r.weights.tensors().items():
             assert torch.equal(v, getattr(alone.weights, k)), (m, k)
-        assert np.array_equal(predict(r.weights, va.x, prediction_type),
-                              predict(alone.weights, va.x, prediction_type))
+        assert np.array_equal(
+            predict(r.weights, va.x, prediction_type), predict(alone.weights, va.x, prediction_type)
+        )
 
 
 def test_probe_learns_and_is_deterministic(tasks_root):
@@ -509,11 +580,14 @@ def test_probe_minibatches_and_early_stopping(tasks_root):
 
 def test_grid_is_searched_on_the_first_fold_only(tasks_root):
     task = read_task(tasks_root / "kfold")
-    result = run_evaluation([LogMelStatsEmbedder()], [tasks_root / "kfold"], seeds=[0, 1, 2],
-                            progress=False, **FAST)
+    result = run_evaluation(
+        [LogMelStatsEmbedder()], [tasks_root / "kfold"], seeds=[0, 1, 2], progress=False, **FAST
+    )
     for folds in result.results["logmel"]["kfold"].runs:
         assert len(folds) == len(task.folds())
-        assert all(f.dropout == folds[0].dropout for f in folds)  # the first fold's choice, everywhere
+        assert all(
+            f.dropout == folds[0].dropout for f in folds
+        )  # the first fold's choice, everywhere
 
 
 # --------------------------------------------------------------------------- embedders
@@ -527,7 +601,9 @@ def test_logmel_stats_embedder_matches_log_mel():
     lm = log_mel(torch.from_numpy(clips[1]))[0, 0]  # (T, 80)
     np.testing.assert_allclose(emb[1, :80], lm.mean(0).numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(emb[1, 80:], lm.std(0, unbiased=False).numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(LogMelStatsEmbedder(batch_size=8).embed(clips), emb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        LogMelStatsEmbedder(batch_size=8).embed(clips), emb, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_make_embedder_specs(tmp_path, monkeypatch):
@@ -552,8 +628,10 @@ def test_make_embedder_specs(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "audiomaepp.embedding", fake)
     assert make_embedder("random:tiny", device="cpu", seed=4) == "random-model"
     assert make_embedder(str(tmp_path), device="cpu", batch_size=8, layout="release") == "dir-model"
-    assert calls == [("random", "tiny", {"seed": 4, "device": "cpu"}),
-                     ("dir", tmp_path, {"device": "cpu", "batch_size": 8, "layout": "release"})]
+    assert calls == [
+        ("random", "tiny", {"seed": 4, "device": "cpu"}),
+        ("dir", tmp_path, {"device": "cpu", "batch_size": 8, "layout": "release"}),
+    ]
     with pytest.raises(EmbedderError, match="random:<preset>"):
         make_embedder("random:")
 
@@ -562,12 +640,16 @@ def test_make_embedder_specs(tmp_path, monkeypatch):
 
 
 def test_kfold_task_score_is_the_fold_average(tasks_root):
-    result = run_evaluation([LogMelStatsEmbedder()], [tasks_root / "kfold"], seeds=[0, 1],
-                            progress=False, **FAST)
+    result = run_evaluation(
+        [LogMelStatsEmbedder()], [tasks_root / "kfold"], seeds=[0, 1], progress=False, **FAST
+    )
     r = result.results["logmel"]["kfold"]
     assert r.seeds == [0, 1] and len(r.runs) == 2
     assert [(f.fold, f.valid) for f in r.runs[0]] == [
-        ("fold00", "fold01"), ("fold01", "fold02"), ("fold02", "fold00")]
+        ("fold00", "fold01"),
+        ("fold01", "fold02"),
+        ("fold02", "fold00"),
+    ]
     per_seed = [np.mean([f.test["top1_acc"] for f in folds]) for folds in r.runs]
     assert r.seed_scores() == pytest.approx(per_seed)
     assert r.mean == pytest.approx(np.mean(per_seed))
@@ -577,17 +659,21 @@ def test_kfold_task_score_is_the_fold_average(tasks_root):
 def test_embedding_cache_is_reused(tasks_root, tmp_path):
     emb = CountingEmbedder()
     cache = tmp_path / "cache"
-    first = run_evaluation([emb], [tasks_root / "tones"], seeds=1, cache_dir=cache,
-                           progress=False, **FAST)
+    first = run_evaluation(
+        [emb], [tasks_root / "tones"], seeds=1, cache_dir=cache, progress=False, **FAST
+    )
     calls = emb.calls
     assert calls == 3  # one chunk per split
-    second = run_evaluation([emb], [tasks_root / "tones"], seeds=1, cache_dir=cache,
-                            progress=False, **FAST)
+    second = run_evaluation(
+        [emb], [tasks_root / "tones"], seeds=1, cache_dir=cache, progress=False, **FAST
+    )
     assert emb.calls == calls  # all three splits came from the cache
     assert first.results["counting"]["tones"].runs == second.results["counting"]["tones"].runs
     assert len(list(cache.rglob("*.npy"))) == 3 and len(list(cache.rglob("*.json"))) == 3
     other = CountingEmbedder(cache_key="counting-v2")  # another model: never reuses v1's files
-    run_evaluation([other], [tasks_root / "tones"], seeds=1, cache_dir=cache, progress=False, **FAST)
+    run_evaluation(
+        [other], [tasks_root / "tones"], seeds=1, cache_dir=cache, progress=False, **FAST
+    )
     assert other.calls == 3
 
 
@@ -609,8 +695,14 @@ def test_unreadable_audio_stops_evaluation(tones_copy):
 
 def test_report_files(tasks_root, tmp_path):
     out = tmp_path / "report"
-    result = run_evaluation([LogMelStatsEmbedder(), MeanOnlyEmbedder()], [tasks_root], out_dir=out,
-                            seeds=2, progress=False, **FAST)
+    result = run_evaluation(
+        [LogMelStatsEmbedder(), MeanOnlyEmbedder()],
+        [tasks_root],
+        out_dir=out,
+        seeds=2,
+        progress=False,
+        **FAST,
+    )
     assert result.tasks == ["kfold", "mix", "tones"] and result.models == ["logmel", "mean-only"]
     for name in ("results.md", "summary.csv", "scores.csv", "results.json", "results.png"):
         assert (out / name).stat().st_size > 0
@@ -640,24 +732,80 @@ def test_cli_evaluate(tasks_root, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     evaluate.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "cli"
-    args = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models", "logmel",
-                              "--out", str(out), "--seeds", "2", "--max-epochs", "6", "--quiet",
-                              "--device", "cpu"])
+    args = parser.parse_args(
+        [
+            "evaluate",
+            "--tasks",
+            str(tasks_root / "tones"),
+            "--models",
+            "logmel",
+            "--out",
+            str(out),
+            "--seeds",
+            "2",
+            "--max-epochs",
+            "6",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "| Model | tones | s(m) |" in printed and "| logmel |" in printed
     assert (out / "results.md").is_file() and any((out / "cache").rglob("*.npy"))
     assert json.loads((out / "results.json").read_text())["config"]["probe"]["standardize"] is False
-    dev = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models", "logmel", "--out",
-                             str(tmp_path / "dev"), "--seeds", "2", "--max-epochs", "3", "--quiet",
-                             "--device", "cpu", "--standardize"])
+    dev = parser.parse_args(
+        [
+            "evaluate",
+            "--tasks",
+            str(tasks_root / "tones"),
+            "--models",
+            "logmel",
+            "--out",
+            str(tmp_path / "dev"),
+            "--seeds",
+            "2",
+            "--max-epochs",
+            "3",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--standardize",
+        ]
+    )
     assert dev.func(dev) == 0 and "| logmel |" in capsys.readouterr().out
-    assert json.loads((tmp_path / "dev" / "results.json").read_text())["config"]["probe"]["standardize"] is True
-    bad = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models",
-                             str(tmp_path / "no-model"), "--out", str(out), "--quiet"])
+    assert (
+        json.loads((tmp_path / "dev" / "results.json").read_text())["config"]["probe"][
+            "standardize"
+        ]
+        is True
+    )
+    bad = parser.parse_args(
+        [
+            "evaluate",
+            "--tasks",
+            str(tasks_root / "tones"),
+            "--models",
+            str(tmp_path / "no-model"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert bad.func(bad) == 2
     assert "not a model directory" in capsys.readouterr().err
-    typo = parser.parse_args(["evaluate", "--tasks", str(tasks_root / "tones"), "--models", "random:tinyy",
-                              "--out", str(out), "--quiet"])
+    typo = parser.parse_args(
+        [
+            "evaluate",
+            "--tasks",
+            str(tasks_root / "tones"),
+            "--models",
+            "random:tinyy",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert typo.func(typo) == 2
     assert "unknown preset 'tinyy'" in capsys.readouterr().err

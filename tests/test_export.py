@@ -113,19 +113,29 @@ def test_push_to_hub_then_load_by_repo_id_offline(tmp_path, monkeypatch):
     assert calls[1]["files"] == ["README.md", "config.json", "model.safetensors"]
     snapshot = next((cache / "models--someone--audiomaepp-micro" / "snapshots").iterdir())
     card = (snapshot / "README.md").read_text()
-    assert "library_name: audiomaepp" in card and 'from_pretrained("someone/audiomaepp-micro")' in card
+    assert (
+        "library_name: audiomaepp" in card and 'from_pretrained("someone/audiomaepp-micro")' in card
+    )
     assert json.loads((snapshot / "config.json").read_text())["config"]["embed_dim"] == 32
 
     # a fresh process with only the local cache and HF_HUB_OFFLINE=1: no network is tried
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf_home"))
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", LOAD_OFFLINE], capture_output=True, text=True, env=env, timeout=300)
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf_home")
+    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")]
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", LOAD_OFFLINE], capture_output=True, text=True, env=env, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     got = json.loads(lines[0])
     x = torch.linspace(-1, 1, 200 * 80).reshape(1, 1, 200, 80)
     with torch.no_grad():
-        np.testing.assert_allclose(got["tokens"], model.encode(x)[0, :3, :4].numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            got["tokens"], model.encode(x)[0, :3, :4].numpy(), rtol=0, atol=1e-6
+        )
     wav = torch.sin(torch.arange(16000 * 2) * 0.01)[None] * 0.1
     ref = hear.get_scene_embeddings(wav, Embedder(model, layout="time_major"))
     np.testing.assert_allclose(got["scene"], ref[0, :6].numpy(), rtol=0, atol=1e-6)

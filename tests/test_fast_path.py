@@ -21,7 +21,13 @@ def _curve(shard_dir, out, **overrides) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def fp32_curve(shard_dir, tmp_path_factory):
-    return _curve(shard_dir, tmp_path_factory.mktemp("fp32"), precision="fp32", compile=False, fused_adamw=False)
+    return _curve(
+        shard_dir,
+        tmp_path_factory.mktemp("fp32"),
+        precision="fp32",
+        compile=False,
+        fused_adamw=False,
+    )
 
 
 @pytest.mark.parametrize(

@@ -42,27 +42,42 @@ from .conftest import micro_config
 
 SR = 16_000
 FREQS = {"low": 300.0, "mid": 1200.0, "high": 4000.0}
-MICRO = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+MICRO = dict(
+    embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2
+)
 
 
-def tone(rng: np.random.Generator, labels: list[str], seconds: float = 0.5, sr: int = SR) -> np.ndarray:
+def tone(
+    rng: np.random.Generator, labels: list[str], seconds: float = 0.5, sr: int = SR
+) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     x = 0.01 * rng.standard_normal(len(t))
     for lab in labels:
-        x += rng.uniform(0.2, 0.4) * np.sin(2 * np.pi * FREQS[lab] * (1 + rng.uniform(-0.02, 0.02)) * t)
+        x += rng.uniform(0.2, 0.4) * np.sin(
+            2 * np.pi * FREQS[lab] * (1 + rng.uniform(-0.02, 0.02)) * t
+        )
     return x.astype(np.float32)
 
 
-def write_task(root: Path, splits: dict[str, int], mode: str = "trainvaltest", seed: int = 0) -> Path:
+def write_task(
+    root: Path, splits: dict[str, int], mode: str = "trainvaltest", seed: int = 0
+) -> Path:
     """A HEAR multiclass task: ``splits[name]`` clips per split, classes in turn."""
     rng = np.random.default_rng(seed)
     labels = list(FREQS)
     root.mkdir(parents=True)
-    meta = {"task_name": root.name, "embedding_type": "scene", "prediction_type": "multiclass",
-            "split_mode": mode, "nfolds": None if mode == "trainvaltest" else len(splits),
-            "evaluation": ["top1_acc"]}
+    meta = {
+        "task_name": root.name,
+        "embedding_type": "scene",
+        "prediction_type": "multiclass",
+        "split_mode": mode,
+        "nfolds": None if mode == "trainvaltest" else len(splits),
+        "evaluation": ["top1_acc"],
+    }
     (root / "task_metadata.json").write_text(json.dumps(meta))
-    (root / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{x}\n" for i, x in enumerate(labels)))
+    (root / "labelvocabulary.csv").write_text(
+        "idx,label\n" + "".join(f"{i},{x}\n" for i, x in enumerate(labels))
+    )
     for split, n in splits.items():
         (root / "16000" / split).mkdir(parents=True)
         entries = {}
@@ -85,13 +100,27 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tones(tmp_path_factory) -> Path:
-    return write_task(tmp_path_factory.mktemp("ft") / "tones", {"train": 24, "valid": 9, "test": 15})
+    return write_task(
+        tmp_path_factory.mktemp("ft") / "tones", {"train": 24, "valid": 9, "test": 15}
+    )
 
 
 def quick(task: Path, out: Path, **changes) -> FinetuneConfig:
     """A micro random-init model, small batches, few steps, no workers or progress bars."""
-    base = dict(model="random:tiny", model_overrides=MICRO, task=str(task), out_dir=str(out), batch_size=8,
-                lr=2e-3, max_steps=24, warmup_epochs=1.0, epochs=8, num_workers=0, progress=False, seed=0)
+    base = dict(
+        model="random:tiny",
+        model_overrides=MICRO,
+        task=str(task),
+        out_dir=str(out),
+        batch_size=8,
+        lr=2e-3,
+        max_steps=24,
+        warmup_epochs=1.0,
+        epochs=8,
+        num_workers=0,
+        progress=False,
+        seed=0,
+    )
     return FinetuneConfig(**{**base, **changes})
 
 
@@ -111,7 +140,9 @@ def test_sampling_weights_balance_rare_labels():
     y = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
     w = sampling_weights(y)
     assert w.sum() == pytest.approx(1.0)
-    assert w[3] == pytest.approx(w[:3].sum())  # the one rare clip is drawn as often as all common ones
+    assert w[3] == pytest.approx(
+        w[:3].sum()
+    )  # the one rare clip is drawn as often as all common ones
 
 
 def test_spec_augment_masks_one_band_and_one_span():
@@ -158,7 +189,9 @@ def test_encoder_weights_are_loaded_exactly_and_drop_path_only_trains(tmp_path):
 
 
 def test_classifier_directory_round_trip_and_refusals(tmp_path):
-    clf = build_classifier("random:tiny", ["dog", "cat"], "multilabel", overrides=MICRO, pooling="cls")
+    clf = build_classifier(
+        "random:tiny", ["dog", "cat"], "multilabel", overrides=MICRO, pooling="cls"
+    )
     clf.save_pretrained(tmp_path / "clf")
     assert json.loads((tmp_path / "clf" / "labels.json").read_text()) == ["dog", "cat"]
     same = AudioClassifier.from_pretrained(tmp_path / "clf")
@@ -177,40 +210,81 @@ def test_finetune_beats_chance_and_writes_a_loadable_classifier(tones, tmp_path)
     assert result.finished
     top1 = result.mean["top1_acc"]
     assert top1 >= 0.8, f"top-1 {top1} on an easy 3-class task (chance 0.33)"
-    for name in ("report.md", "report.json", "per_class.png", "metrics.jsonl", "best/labels.json", "test.json"):
+    for name in (
+        "report.md",
+        "report.json",
+        "per_class.png",
+        "metrics.jsonl",
+        "best/labels.json",
+        "test.json",
+    ):
         assert (tmp_path / "run" / name).is_file(), name
     doc = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(doc["mean"]) >= {"top1_acc", "mAP", "d_prime"}
     assert set(doc["per_class_ap"]) == set(FREQS)
     assert np.sum(doc["confusion"]) == 15
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "valid_top1_acc" in r] == list(range(3, 49, 3))  # every epoch
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in records if "valid_top1_acc" in r] == list(
+        range(3, 49, 3)
+    )  # every epoch
     clf = AudioClassifier.from_pretrained(result.model_dir)
     rng = np.random.default_rng(9)
-    hits = [clf.predict(tone(rng, [lab], 1.3), SR).labels == [lab] for lab in FREQS for _ in range(3)]
+    hits = [
+        clf.predict(tone(rng, [lab], 1.3), SR).labels == [lab] for lab in FREQS for _ in range(3)
+    ]
     assert sum(hits) >= 7
 
 
 def test_frozen_mode_equals_a_probe_trained_on_the_same_features(tones, tmp_path):
     steps, n_train = 5, 24
-    cfg = quick(tones, tmp_path / "frozen", linear_probe=True, mixup=0.0, freq_mask=0, time_mask=0,
-                batch_size=n_train, max_steps=steps, epochs=steps, warmup_epochs=2.0, lr=5e-2)
+    cfg = quick(
+        tones,
+        tmp_path / "frozen",
+        linear_probe=True,
+        mixup=0.0,
+        freq_mask=0,
+        time_mask=0,
+        batch_size=n_train,
+        max_steps=steps,
+        epochs=steps,
+        warmup_epochs=2.0,
+        lr=5e-2,
+    )
     result = finetune(cfg)
-    trained = AudioClassifier.from_pretrained(tmp_path / "frozen" / "model")  # the last step's weights
+    trained = AudioClassifier.from_pretrained(
+        tmp_path / "frozen" / "model"
+    )  # the last step's weights
     # the same start, then the head alone trained by hand on precomputed features
-    start = build_classifier(cfg.model, load_task(tones).labels, "multiclass", linear_probe=True,
-                             seed=cfg.seed, overrides=MICRO)
+    start = build_classifier(
+        cfg.model,
+        load_task(tones).labels,
+        "multiclass",
+        linear_probe=True,
+        seed=cfg.seed,
+        overrides=MICRO,
+    )
     for k, v in start.encoder.state_dict().items():
         assert torch.equal(trained.encoder.state_dict()[k], v), f"frozen encoder changed: {k}"
     task = load_task(tones)
     split = task.splits["train"]
     with torch.no_grad():
-        feats = start.eval().features(torch.cat([clip_windows(clip_logmel(sf.read(p, dtype="float32")[0]))
-                                                 for p in split.paths]))
+        feats = start.eval().features(
+            torch.cat(
+                [clip_windows(clip_logmel(sf.read(p, dtype="float32")[0])) for p in split.paths]
+            )
+        )
     head = start.head
-    opt = torch.optim.AdamW([{"params": [head.fc.weight], "weight_decay": cfg.weight_decay},
-                             {"params": [head.norm.weight, head.norm.bias, head.fc.bias], "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+    opt = torch.optim.AdamW(
+        [
+            {"params": [head.fc.weight], "weight_decay": cfg.weight_decay},
+            {"params": [head.norm.weight, head.norm.bias, head.fc.bias], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=1e-8,
+    )
     y = torch.from_numpy(split.targets)
     smooth = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / y.shape[1]
     warmup = round(steps * cfg.warmup_epochs / cfg.epochs)
@@ -242,24 +316,43 @@ def test_resume_mid_run_gives_the_same_final_metrics(tones, tmp_path):
 def test_converted_release_checkpoint_finetunes(converted_dir, tones, tmp_path):
     clf = build_classifier(str(converted_dir), ["low", "mid", "high"], "multiclass")
     mae = AudioMAE.from_pretrained(converted_dir)
-    assert all(torch.equal(clf.encoder.state_dict()[k], v) for k, v in mae.encoder.state_dict().items())
-    result = finetune(quick(tones, tmp_path / "rel", model=str(converted_dir), model_overrides={},
-                           max_steps=3, batch_size=4, eval_every=3))
+    assert all(
+        torch.equal(clf.encoder.state_dict()[k], v) for k, v in mae.encoder.state_dict().items()
+    )
+    result = finetune(
+        quick(
+            tones,
+            tmp_path / "rel",
+            model=str(converted_dir),
+            model_overrides={},
+            max_steps=3,
+            batch_size=4,
+            eval_every=3,
+        )
+    )
     assert result.finished and 0.0 <= result.mean["top1_acc"] <= 1.0
     tuned = AudioClassifier.from_pretrained(tmp_path / "rel" / "model")
     assert tuned.config.encoder == mae.config
-    assert not torch.equal(tuned.encoder.blocks[-1].attn.qkv.weight, mae.encoder.blocks[-1].attn.qkv.weight)
+    assert not torch.equal(
+        tuned.encoder.blocks[-1].attn.qkv.weight, mae.encoder.blocks[-1].attn.qkv.weight
+    )
 
 
 def test_kfold_task_runs_every_fold_and_reports_the_mean(tmp_path):
-    task = write_task(tmp_path / "kf", {"fold00": 9, "fold01": 9, "fold02": 9}, mode="new_split_kfold")
+    task = write_task(
+        tmp_path / "kf", {"fold00": 9, "fold01": 9, "fold02": 9}, mode="new_split_kfold"
+    )
     result = finetune(quick(task, tmp_path / "run", max_steps=4))
     assert [f.fold for f in result.folds] == ["fold00", "fold01", "fold02"]
     assert [f.valid for f in result.folds] == ["fold01", "fold02", "fold00"]
     doc = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert doc["mean"]["top1_acc"] == pytest.approx(np.mean([f.test["top1_acc"] for f in result.folds]))
-    assert all((tmp_path / "run" / "folds" / f / "best" / "model.safetensors").is_file()
-               for f in ("fold00", "fold01", "fold02"))
+    assert doc["mean"]["top1_acc"] == pytest.approx(
+        np.mean([f.test["top1_acc"] for f in result.folds])
+    )
+    assert all(
+        (tmp_path / "run" / "folds" / f / "best" / "model.safetensors").is_file()
+        for f in ("fold00", "fold01", "fold02")
+    )
 
 
 def test_csv_manifest_multilabel_with_weighted_sampling(tmp_path):
@@ -288,13 +381,45 @@ def test_weighted_sampling_draws_rare_classes_as_often_as_common_ones():
 
 
 def test_finetune_cli(tones, tmp_path, capsys):
-    rc = main(["finetune", "--model", "random:tiny", "--task", str(tones), "--out", str(tmp_path / "run"),
-               "--model-set", "embed_dim=32", "--model-set", "depth=2", "--model-set", "num_heads=2",
-               "--max-steps", "3", "--batch-size", "8", "--num-workers", "0", "--no-progress"])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            "random:tiny",
+            "--task",
+            str(tones),
+            "--out",
+            str(tmp_path / "run"),
+            "--model-set",
+            "embed_dim=32",
+            "--model-set",
+            "depth=2",
+            "--model-set",
+            "num_heads=2",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "Fine-tuning report: tones" in capsys.readouterr().out
-    rc = main(["finetune", "--model", str(tmp_path / "nope"), "--task", str(tones), "--out", str(tmp_path / "x"),
-               "--num-workers", "0"])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            str(tmp_path / "nope"),
+            "--task",
+            str(tones),
+            "--out",
+            str(tmp_path / "x"),
+            "--num-workers",
+            "0",
+        ]
+    )
     assert rc == 2
 
 
@@ -312,15 +437,29 @@ def test_predict_long_short_stereo_44k_and_corrupt_files(tmp_path, capsys):
     (d / "corrupt.wav").write_bytes(b"RIFF\x00\x01garbage" * 10)
     (d / "empty.wav").write_bytes(b"")
     out = tmp_path / "preds.csv"
-    rc = main(["predict", str(tmp_path / "clf"), str(d), "--out", str(out), "--segments", "--top-k", "2",
-               "--workers", "1"])
+    rc = main(
+        [
+            "predict",
+            str(tmp_path / "clf"),
+            str(d),
+            "--out",
+            str(out),
+            "--segments",
+            "--top-k",
+            "2",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0
     rows = list(csv.DictReader(out.open()))
     by_file: dict[str, list[dict]] = {}
     for r in rows:
         by_file.setdefault(Path(r["path"]).name, []).append(r)
     assert sorted(by_file) == ["long.wav", "short.flac", "stereo44k.wav"]
-    assert [len(v) - 1 for v in (by_file["long.wav"], by_file["short.flac"], by_file["stereo44k.wav"])] == [4, 1, 2]
+    assert [
+        len(v) - 1 for v in (by_file["long.wav"], by_file["short.flac"], by_file["stereo44k.wav"])
+    ] == [4, 1, 2]
     assert [r["start_s"] for r in by_file["long.wav"][1:]] == ["0.00", "2.00", "4.00", "5.01"]
     skipped = list(csv.DictReader(out.with_suffix(".skipped.csv").open()))
     assert sorted(Path(r["path"]).name for r in skipped) == ["corrupt.wav", "empty.wav"]
@@ -332,8 +471,20 @@ def test_predict_long_short_stereo_44k_and_corrupt_files(tmp_path, capsys):
     assert clip_row["segment"] == "clip" and clip_row["predicted"] == pred.labels[0]
     assert float(clip_row["score_1"]) == pytest.approx(pred.top(1)[0][1], abs=1e-4)
     assert np.allclose(pred.segment_scores.mean(axis=0), [pred.scores[x] for x in clf.labels])
-    assert main(["predict", str(tmp_path / "clf"), str(d / "corrupt.wav"), "--out", str(tmp_path / "p2.csv"),
-                 "--workers", "1"]) == 1  # nothing readable: failure exit, still no crash
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "clf"),
+                str(d / "corrupt.wav"),
+                "--out",
+                str(tmp_path / "p2.csv"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 1
+    )  # nothing readable: failure exit, still no crash
 
 
 def test_loss_is_soft_cross_entropy_with_smoothing():
@@ -349,19 +500,43 @@ def test_loss_is_soft_cross_entropy_with_smoothing():
 def test_evaluate_mode_finetune_and_probe_share_one_report(tones, tmp_path, capsys):
     torch.manual_seed(0)
     AudioMAE(micro_config()).save_pretrained(tmp_path / "enc")
-    (tmp_path / "ft.json").write_text(json.dumps({"max_steps": 6, "batch_size": 8, "num_workers": 0, "lr": 2e-3}))
-    rc = main(["evaluate", "--tasks", str(tones), "--models", str(tmp_path / "enc"), "--mode", "finetune", "probe",
-               "--seeds", "2", "--ft-config", str(tmp_path / "ft.json"), "--max-epochs", "6", "--quiet",
-               "--out", str(tmp_path / "eval")])
+    (tmp_path / "ft.json").write_text(
+        json.dumps({"max_steps": 6, "batch_size": 8, "num_workers": 0, "lr": 2e-3})
+    )
+    rc = main(
+        [
+            "evaluate",
+            "--tasks",
+            str(tones),
+            "--models",
+            str(tmp_path / "enc"),
+            "--mode",
+            "finetune",
+            "probe",
+            "--seeds",
+            "2",
+            "--ft-config",
+            str(tmp_path / "ft.json"),
+            "--max-epochs",
+            "6",
+            "--quiet",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert rc == 0
     assert "enc [finetune]" in capsys.readouterr().out
     doc = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert doc["models"] == ["enc [finetune]", "enc [probe]"]
     row = doc["results"]["enc [finetune]"]["tones"]
     assert row["seeds"] == [0, 1] and row["primary_metric"] == "top1_acc"
-    for seed, score in zip(row["seeds"], row["seed_scores"], strict=True):  # each seed is one finetune run
+    for seed, score in zip(
+        row["seeds"], row["seed_scores"], strict=True
+    ):  # each seed is one finetune run
         run = tmp_path / "eval" / "finetune_runs" / "enc_finetune_" / "tones" / f"seed{seed}"
-        assert json.loads((run / "test.json").read_text())["test"]["top1_acc"] == pytest.approx(score)
+        assert json.loads((run / "test.json").read_text())["test"]["top1_acc"] == pytest.approx(
+            score
+        )
     assert (tmp_path / "eval" / "results.md").is_file()
 
 
@@ -372,12 +547,47 @@ def test_torchrun_two_ranks_match_one_process(tones, tmp_path):
 
     ref = finetune(quick(tones, tmp_path / "one", max_steps=6, per_device_batch=4, log_every=1))
     assert ref.finished
-    flags = ["finetune", "--model", "random:tiny", "--task", str(tones), "--out", str(tmp_path / "two"),
-             "--max-steps", "6", "--batch-size", "8", "--per-device-batch", "4", "--lr", "2e-3",
-             "--warmup-epochs", "1", "--epochs", "8", "--num-workers", "0", "--log-every", "1", "--no-progress",
-             *[x for k, v in MICRO.items() for x in ("--model-set", f"{k}={v}")]]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "audiomaepp.cli.main", *flags]
+    flags = [
+        "finetune",
+        "--model",
+        "random:tiny",
+        "--task",
+        str(tones),
+        "--out",
+        str(tmp_path / "two"),
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--per-device-batch",
+        "4",
+        "--lr",
+        "2e-3",
+        "--warmup-epochs",
+        "1",
+        "--epochs",
+        "8",
+        "--num-workers",
+        "0",
+        "--log-every",
+        "1",
+        "--no-progress",
+        *[x for k, v in MICRO.items() for x in ("--model-set", f"{k}={v}")],
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "audiomaepp.cli.main",
+        *flags,
+    ]
     log = tmp_path / "log.txt"
     assert wait(start(cmd, log, OMP_NUM_THREADS="1"), log, 240) == 0, log.read_text()[-4000:]
 
@@ -399,9 +609,27 @@ def test_sigterm_checkpoints_and_the_cli_resumes(tones, tmp_path):
     from tests.test_training_utils import start, wait
 
     run = tmp_path / "run"
-    flags = ["finetune", "--model", "random:tiny", "--task", str(tones), "--out", str(run), "--max-steps", "100000",
-             "--batch-size", "8", "--num-workers", "0", "--log-every", "1", "--save-every", "100000", "--no-progress",
-             *[x for k, v in MICRO.items() for x in ("--model-set", f"{k}={v}")]]
+    flags = [
+        "finetune",
+        "--model",
+        "random:tiny",
+        "--task",
+        str(tones),
+        "--out",
+        str(run),
+        "--max-steps",
+        "100000",
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "0",
+        "--log-every",
+        "1",
+        "--save-every",
+        "100000",
+        "--no-progress",
+        *[x for k, v in MICRO.items() for x in ("--model-set", f"{k}={v}")],
+    ]
     log = tmp_path / "log.txt"
     proc = start([sys.executable, "-m", "audiomaepp.cli.main", *flags], log, OMP_NUM_THREADS="1")
     deadline = time.monotonic() + 120

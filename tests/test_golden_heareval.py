@@ -21,14 +21,19 @@ FIXTURE = Path(__file__).parent / "fixtures" / "heareval_golden"
 
 def _fixture():
     if not FIXTURE.with_suffix(".json").is_file():
-        pytest.fail(f"missing fixture {FIXTURE}.json (benchmarks/golden_heareval.py compare --fixture)")
+        pytest.fail(
+            f"missing fixture {FIXTURE}.json (benchmarks/golden_heareval.py compare --fixture)"
+        )
     meta = json.loads(FIXTURE.with_suffix(".json").read_text())
     arrays = np.load(FIXTURE.with_suffix(".npz"))
     return meta, arrays
 
 
 def _split(arrays, task: str, split: str) -> ProbeData:
-    return ProbeData(arrays[f"{task}/{split}/x"].astype(np.float32), arrays[f"{task}/{split}/y"].astype(np.float32))
+    return ProbeData(
+        arrays[f"{task}/{split}/x"].astype(np.float32),
+        arrays[f"{task}/{split}/y"].astype(np.float32),
+    )
 
 
 @pytest.mark.parametrize("task", ["synth_family", "synth_mix"])

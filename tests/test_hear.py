@@ -44,7 +44,10 @@ def test_release_layout_reproduces_release_embeddings(release_model, reference):
 
 def test_model_attributes(release_model):
     assert release_model.sample_rate == 16000
-    assert type(release_model.scene_embedding_size) is int and release_model.scene_embedding_size == 320
+    assert (
+        type(release_model.scene_embedding_size) is int
+        and release_model.scene_embedding_size == 320
+    )
     assert type(release_model.timestamp_embedding_size) is int
     assert release_model.layout == "release"  # a converted release model defaults to its own layout
 
@@ -53,8 +56,12 @@ def test_batch_size_does_not_change_results(converted_dir, reference):
     audio = torch.from_numpy(reference["hear0_audio"])
     small = hear.load_model(str(converted_dir), batch_size=1, device="cpu")
     big = hear.load_model(str(converted_dir), batch_size=64, device="cpu")
-    torch.testing.assert_close(hear.get_scene_embeddings(audio, small), hear.get_scene_embeddings(audio, big),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        hear.get_scene_embeddings(audio, small),
+        hear.get_scene_embeddings(audio, big),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def test_clips_of_different_lengths_share_batches(converted_dir, reference):
@@ -73,8 +80,12 @@ def test_time_major_layout(converted_dir):
     audio = torch.randn(2, int(16000 * 4.3)) * 0.1
     emb, ts = hear.get_timestamp_embeddings(audio, model)
     assert emb.shape[:2] == ts.shape and emb.shape[2] == 320
-    np.testing.assert_allclose(np.diff(ts[0].numpy()), 40.0, atol=1e-3)  # one step per 40 ms patch row
-    assert float(ts[0, 0]) == pytest.approx(15.0)  # centre of frames 0..3 (frame j is centred at j*10 ms)
+    np.testing.assert_allclose(
+        np.diff(ts[0].numpy()), 40.0, atol=1e-3
+    )  # one step per 40 ms patch row
+    assert float(ts[0, 0]) == pytest.approx(
+        15.0
+    )  # centre of frames 0..3 (frame j is centred at j*10 ms)
     assert float(ts[0, -1]) <= 4300.0
     # step t is the 5 band tokens of patch row t of the first chunk
     tokens = model.encoder(_first_standardised_chunk(audio))[:, 1:]
@@ -96,11 +107,14 @@ def test_release_whole_chunk_padding_quirk():
     assert fixed.num_chunks == 1 and fixed.num_steps == 50
 
 
-@pytest.mark.parametrize("bad, message", [
-    (torch.full((1, 16000), float("nan")), "NaN"),
-    (torch.zeros(1, 0), "empty"),
-    (torch.zeros(2, 1, 16000), "mono"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.full((1, 16000), float("nan")), "NaN"),
+        (torch.zeros(1, 0), "empty"),
+        (torch.zeros(2, 1, 16000), "mono"),
+    ],
+)
 def test_bad_audio_is_refused(release_model, bad, message):
     with pytest.raises(InvalidAudioError, match=message):
         hear.get_scene_embeddings(bad, release_model)
@@ -130,12 +144,28 @@ def test_official_hear_validator(micro_dir, tmp_path):
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("hearvalidator is not installed; the test command installs it")
-        pytest.skip("hearvalidator not installed (pip install --ignore-requires-python --no-deps hearvalidator==2021.0.6)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(STUBS), os.environ.get("PYTHONPATH", "")]))
+        pytest.skip(
+            "hearvalidator not installed (pip install --ignore-requires-python --no-deps hearvalidator==2021.0.6)"
+        )
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(STUBS), os.environ.get("PYTHONPATH", "")])
+    )
     for layout_dir in (micro_dir,):
         res = subprocess.run(
-            [sys.executable, "-m", "hearvalidator.validate", "audiomaepp.hear", "-m", str(layout_dir), "-d", "cpu"],
-            capture_output=True, text=True, env=env, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "hearvalidator.validate",
+                "audiomaepp.hear",
+                "-m",
+                str(layout_dir),
+                "-d",
+                "cpu",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
         assert res.returncode == 0, res.stdout + res.stderr
         assert "Looks good!" in res.stdout
@@ -152,8 +182,20 @@ def test_embed_cli(micro_dir, tmp_path):
     sf.write(src / "a.wav", (rng.standard_normal(44100 * 3) * 0.1).astype("float32"), 44100)
     sf.write(src / "b.flac", (rng.standard_normal((16000 * 5, 2)) * 0.1).astype("float32"), 16000)
     (src / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
-    rc = main(["embed", str(micro_dir), str(src), "--out", str(tmp_path / "out"), "--timestamps",
-               "--workers", "0", "--device", "cpu"])
+    rc = main(
+        [
+            "embed",
+            str(micro_dir),
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--timestamps",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     scene = np.load(tmp_path / "out" / "scene.npy")
     assert scene.shape == (3, 160)

@@ -83,7 +83,9 @@ def test_patchify_order_is_time_major_and_invertible():
     assert p.shape == (1, 250, 64)
     # patch index t*5+f holds rows 4t..4t+3, columns 16f..16f+15, flattened time then frequency
     t, f = 7, 3
-    torch.testing.assert_close(p[0, t * 5 + f], x[0, 0, 4 * t : 4 * t + 4, 16 * f : 16 * f + 16].reshape(-1))
+    torch.testing.assert_close(
+        p[0, t * 5 + f], x[0, 0, 4 * t : 4 * t + 4, 16 * f : 16 * f + 16].reshape(-1)
+    )
     torch.testing.assert_close(unpatchify(p, (50, 5), (4, 16)), x)
 
 
@@ -107,8 +109,12 @@ def test_rope_rotates_interleaved_pairs():
     p, i = 3, 2  # position 3, pair (4, 5)
     a = p * 10000 ** (-2 * i / 8)
     x0, x1 = x[0, 0, p, 2 * i], x[0, 0, p, 2 * i + 1]
-    expect = torch.tensor([x0 * torch.cos(torch.tensor(a)) - x1 * torch.sin(torch.tensor(a)),
-                           x1 * torch.cos(torch.tensor(a)) + x0 * torch.sin(torch.tensor(a))])
+    expect = torch.tensor(
+        [
+            x0 * torch.cos(torch.tensor(a)) - x1 * torch.sin(torch.tensor(a)),
+            x1 * torch.cos(torch.tensor(a)) + x0 * torch.sin(torch.tensor(a)),
+        ]
+    )
     torch.testing.assert_close(out[0, 0, p, 2 * i : 2 * i + 2], expect)
     torch.testing.assert_close(out[0, 0, 0], x[0, 0, 0])  # position 0 is not rotated
 
@@ -158,7 +164,10 @@ def test_save_and_load_roundtrip(tmp_path):
     torch.manual_seed(0)
     model = AudioMAE(micro_config(block="vanilla", encoder_rope="grid")).eval()
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
     loaded = AudioMAE.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config
     x, noise = torch.randn(2, 1, 200, 80), torch.rand(2, 250)

@@ -39,7 +39,16 @@ def outputs(converted_dir, reference):
 
 @pytest.mark.parametrize(
     "name",
-    ["encoder_out_masked", "pred", "target", "loss", "mask", "ids_restore", "encoder_tokens", "forward_features"],
+    [
+        "encoder_out_masked",
+        "pred",
+        "target",
+        "loss",
+        "mask",
+        "ids_restore",
+        "encoder_tokens",
+        "forward_features",
+    ],
 )
 def test_converted_model_reproduces_release(outputs, reference, name):
     ours = outputs[name].numpy()
@@ -56,7 +65,9 @@ def test_converted_config_records_release_quirks(converted_dir):
 
 def test_embedded_release_args_are_used_without_a_config(conformance_dir, tmp_path, converted_dir):
     model = convert_release(conformance_dir / "checkpoint-99.pth", tmp_path / "m")
-    assert model.config.to_dict() | {"extra": {}} == AudioMAE.from_pretrained(converted_dir).config.to_dict() | {"extra": {}}
+    assert model.config.to_dict() | {"extra": {}} == AudioMAE.from_pretrained(
+        converted_dir
+    ).config.to_dict() | {"extra": {}}
 
 
 def test_checkpoint_args_become_inert_data(conformance_dir):
@@ -69,10 +80,25 @@ def test_checkpoint_args_become_inert_data(conformance_dir):
 def test_cli_convert_release(conformance_dir, tmp_path):
     from audiomaepp.cli.main import main
 
-    rc = main(["convert-release", str(conformance_dir / "checkpoint-99.pth"), str(tmp_path / "m"),
-               "--release-config", str(conformance_dir / "config.json")])
+    rc = main(
+        [
+            "convert-release",
+            str(conformance_dir / "checkpoint-99.pth"),
+            str(tmp_path / "m"),
+            "--release-config",
+            str(conformance_dir / "config.json"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "m" / "model.safetensors").is_file()
-    rc = main(["convert-release", str(conformance_dir / "checkpoint-99.pth"), str(tmp_path / "x"), "--preset", "base"])
+    rc = main(
+        [
+            "convert-release",
+            str(conformance_dir / "checkpoint-99.pth"),
+            str(tmp_path / "x"),
+            "--preset",
+            "base",
+        ]
+    )
     assert rc == 1 and not (tmp_path / "x" / "model.safetensors").exists()
 
 
@@ -100,8 +126,20 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path, conformance_di
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
     # the same file through the command line: exit code 1, still nothing executed
-    res = subprocess.run([sys.executable, "-m", "audiomaepp.cli.main", "convert-release", str(bad),
-                          str(tmp_path / "out"), "--preset", "tiny"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "audiomaepp.cli.main",
+            "convert-release",
+            str(bad),
+            str(tmp_path / "out"),
+            "--preset",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and "refused" in res.stderr
     assert not marker.exists()
 
@@ -127,10 +165,14 @@ def _save_state(tmp_path, state, name):
     "edit, message",
     [
         (lambda s: s.pop("decoder.decoder_pred.bias"), r"missing key\(s\): decoder\.pred\.bias"),
-        (lambda s: s.__setitem__("encoder.blocks.0.extra.weight", torch.zeros(3)),
-         r"unexpected key\(s\): encoder\.blocks\.0\.extra\.weight"),
-        (lambda s: s.__setitem__("cls_token", torch.zeros(1, 1, 65)),
-         r"mis-shaped key\(s\): encoder\.cls_token \(1, 1, 65\) vs model \(1, 1, 64\)"),
+        (
+            lambda s: s.__setitem__("encoder.blocks.0.extra.weight", torch.zeros(3)),
+            r"unexpected key\(s\): encoder\.blocks\.0\.extra\.weight",
+        ),
+        (
+            lambda s: s.__setitem__("cls_token", torch.zeros(1, 1, 65)),
+            r"mis-shaped key\(s\): encoder\.cls_token \(1, 1, 65\) vs model \(1, 1, 64\)",
+        ),
         (lambda s: s.__setitem__("encoder.blocks.0.rope.freqs", torch.ones(8)), r"rope\.freqs"),
     ],
 )

@@ -18,7 +18,9 @@ from audiomaepp.evaluation.tasks import TaskFormatError, read_task
 from audiomaepp.model import AudioMAE, AudioMAEConfig
 from audiomaepp.model.io import CONFIG_NAME, WEIGHTS_NAME, load_pretrained, save_pretrained
 
-MICRO = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+MICRO = dict(
+    embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2
+)
 
 
 # ---- model config.json ------------------------------------------------------------------------------
@@ -37,7 +39,9 @@ MICRO = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_d
         ("mask_ratio", 0.999),  # keeps no patch
     ],
 )
-def test_malformed_model_config_is_refused_naming_file_and_field(tmp_path: Path, field: str, value) -> None:
+def test_malformed_model_config_is_refused_naming_file_and_field(
+    tmp_path: Path, field: str, value
+) -> None:
     """Fault: a config.json with a bounded field out of range or of the wrong type."""
     save_pretrained(AudioMAE(AudioMAEConfig(**MICRO)), tmp_path)
     meta = json.loads((tmp_path / CONFIG_NAME).read_text())
@@ -48,7 +52,9 @@ def test_malformed_model_config_is_refused_naming_file_and_field(tmp_path: Path,
     assert str(tmp_path / CONFIG_NAME) in str(err.value) and field in str(err.value)
 
 
-def test_config_that_disagrees_with_weights_fails_before_allocating(tmp_path: Path, monkeypatch) -> None:
+def test_config_that_disagrees_with_weights_fails_before_allocating(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Fault: config.json claims a far larger model than model.safetensors holds.
 
     The header is compared with a meta-device model, so the real model is never built: building
@@ -93,8 +99,13 @@ def test_weights_with_an_extra_tensor_are_refused(tmp_path: Path) -> None:
 # ---- HEAR task split files ----------------------------------------------------------------------------
 def _task(root: Path, names: list[str]) -> Path:
     root.mkdir(parents=True)
-    meta = {"task_name": "t", "embedding_type": "scene", "prediction_type": "multiclass",
-            "split_mode": "trainvaltest", "evaluation": ["top1_acc"]}
+    meta = {
+        "task_name": "t",
+        "embedding_type": "scene",
+        "prediction_type": "multiclass",
+        "split_mode": "trainvaltest",
+        "evaluation": ["top1_acc"],
+    }
     (root / "task_metadata.json").write_text(json.dumps(meta))
     (root / "labelvocabulary.csv").write_text("idx,label\n0,a\n1,b\n")
     for split in ("train", "valid", "test"):
@@ -103,7 +114,9 @@ def _task(root: Path, names: list[str]) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["../../secret.wav", "/etc/passwd", "sub/../../x.wav", "..\\x.wav", "C:x.wav"])
+@pytest.mark.parametrize(
+    "name", ["../../secret.wav", "/etc/passwd", "sub/../../x.wav", "..\\x.wav", "C:x.wav"]
+)
 def test_task_file_names_cannot_leave_the_task_folder(tmp_path: Path, name: str) -> None:
     """Fault: a split JSON naming a file outside ``16000/<split>/``; kept: nothing is read."""
     (tmp_path / "secret.wav").write_bytes(b"RIFF")

@@ -46,20 +46,31 @@ def test_lr_schedule_warmup_cosine_and_end():
     peak, warm, total = 6e-4, 10, 110
     assert lr_at(0, peak, warm, total) == 0.0
     assert lr_at(5, peak, warm, total) == pytest.approx(peak / 2)
-    assert [lr_at(s, peak, warm, total) for s in range(warm)] == pytest.approx([peak * s / warm for s in range(warm)])
+    assert [lr_at(s, peak, warm, total) for s in range(warm)] == pytest.approx(
+        [peak * s / warm for s in range(warm)]
+    )
     assert lr_at(warm, peak, warm, total) == pytest.approx(peak)
     assert lr_at(60, peak, warm, total) == pytest.approx(peak / 2)  # half-way through the cosine
     assert lr_at(total, peak, warm, total) == 0.0
     assert 0 < lr_at(total - 1, peak, warm, total) < 1e-3 * peak
     after = [lr_at(s, peak, warm, total) for s in range(warm, total + 1)]
     assert all(a >= b for a, b in zip(after, after[1:], strict=False))
-    assert lr_at(100, peak, warm, total, min_lr=1e-5) > 1e-5 and lr_at(total, peak, warm, total, 1e-5) == 1e-5
+    assert (
+        lr_at(100, peak, warm, total, min_lr=1e-5) > 1e-5
+        and lr_at(total, peak, warm, total, 1e-5) == 1e-5
+    )
 
 
 def test_recipe_defaults_and_plan():
     cfg = TrainConfig()
-    assert (cfg.epochs, cfg.warmup_epochs, cfg.batch_size, cfg.betas, cfg.weight_decay, cfg.min_lr) == (
-        100, 10.0, 1024, (0.9, 0.95), 0.05, 0.0)
+    assert (
+        cfg.epochs,
+        cfg.warmup_epochs,
+        cfg.batch_size,
+        cfg.betas,
+        cfg.weight_decay,
+        cfg.min_lr,
+    ) == (100, 10.0, 1024, (0.9, 0.95), 0.05, 0.0)
     assert cfg.peak_lr() == pytest.approx(1.5e-4 * 1024 / 256)
     assert TrainConfig(batch_size=512, blr=1e-4).peak_lr() == pytest.approx(2e-4)
     assert TrainConfig(lr=1e-3).peak_lr() == 1e-3
@@ -67,8 +78,14 @@ def test_recipe_defaults_and_plan():
     assert (plan.per_device_batch, plan.accum_steps, plan.steps_per_epoch) == (128, 1, 1953)
     assert (plan.total_steps, plan.warmup_steps) == (195_300, 19_530)
     assert (plan.precision, plan.compile, plan.fused_adamw) == ("fp32", False, False)
-    plan = plan_run(cfg.replace(per_device_batch=64, max_steps=500), torch.device("cpu"), 4, 2_000_000)
-    assert (plan.accum_steps, plan.total_steps, plan.warmup_steps) == (4, 500, 50)  # warm-up keeps its 10 % share
+    plan = plan_run(
+        cfg.replace(per_device_batch=64, max_steps=500), torch.device("cpu"), 4, 2_000_000
+    )
+    assert (plan.accum_steps, plan.total_steps, plan.warmup_steps) == (
+        4,
+        500,
+        50,
+    )  # warm-up keeps its 10 % share
     with pytest.raises(ValueError, match="multiple"):
         plan_run(cfg.replace(per_device_batch=100), torch.device("cpu"), 8, 2_000_000)
     with pytest.raises(ValueError, match="smaller than the global batch"):
@@ -89,7 +106,9 @@ def test_weight_decay_groups(swiglu_norm):
         assert p.ndim == 1 or name.endswith(".bias"), name
     for name, p in zip(decay["names"], decay["params"], strict=True):
         assert p.ndim >= 2 and not name.endswith(".bias"), name
-    assert {"encoder.cls_token", "decoder.mask_token", "encoder.patch_embed.proj.weight"} <= set(decay["names"])
+    assert {"encoder.cls_token", "decoder.mask_token", "encoder.patch_embed.proj.weight"} <= set(
+        decay["names"]
+    )
     assert {"encoder.patch_embed.proj.bias", "encoder.norm.weight"} <= set(plain["names"])
 
 
@@ -99,13 +118,17 @@ def _assert_no_pickle(folder: Path) -> None:
         if f.is_file():
             assert f.suffix in (".safetensors", ".json"), f
             head = f.read_bytes()[:2]
-            assert head[:1] != b"\x80" and head != b"PK", f"{f} looks like a pickle / torch.save zip"
+            assert head[:1] != b"\x80" and head != b"PK", (
+                f"{f} looks like a pickle / torch.save zip"
+            )
             if f.suffix == ".json":
                 json.loads(f.read_text())
 
 
 def test_run_learns_checkpoints_exports(shard_dir, tmp_path):
-    cfg = tiny_config(shard_dir, tmp_path / "run", max_steps=30, save_every=5, keep_last=2, viz_every=15)
+    cfg = tiny_config(
+        shard_dir, tmp_path / "run", max_steps=30, save_every=5, keep_last=2, viz_every=15
+    )
     result = pretrain(cfg)
     assert result.finished and not result.interrupted and result.step == 30
     curve = losses(read_metrics(cfg.out_dir))
@@ -113,26 +136,37 @@ def test_run_learns_checkpoints_exports(shard_dir, tmp_path):
     first, last = curve[1], sum(curve[s] for s in (28, 29, 30)) / 3
     assert last < first - 0.2, f"loss did not fall: {first:.3f} -> {last:.3f}"
     rec = read_metrics(cfg.out_dir)[-1]
-    assert rec["mfu"] is None and rec["samples_per_s"] > 0 and rec["lr"] < 1e-4 and rec["skipped"] == 0
+    assert (
+        rec["mfu"] is None and rec["samples_per_s"] > 0 and rec["lr"] < 1e-4 and rec["skipped"] == 0
+    )
     assert {"step", "epoch", "loss", "lr", "samples_per_s", "mfu", "grad_norm", "time"} <= set(rec)
     # keep-last-K: saves at 5, 10, ..., 30; the last two remain. No pickle anywhere.
     assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_00000025", "step_00000030"]
     _assert_no_pickle(Path(cfg.out_dir) / "checkpoints")
-    assert sorted(p.name for p in (Path(cfg.out_dir) / "viz").iterdir()) == ["step_00000015.png", "step_00000030.png"]
+    assert sorted(p.name for p in (Path(cfg.out_dir) / "viz").iterdir()) == [
+        "step_00000015.png",
+        "step_00000030.png",
+    ]
     # The exported model (and any checkpoint) loads with from_pretrained and is the trained model.
     exported = AudioMAE.from_pretrained(result.model_dir)
     from_ckpt = AudioMAE.from_pretrained(result.checkpoint)
     assert exported.config == cfg.model_config()
-    for (name, a), b in zip(exported.state_dict().items(), from_ckpt.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        exported.state_dict().items(), from_ckpt.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
     fresh = AudioMAE(cfg.model_config())
-    assert not torch.equal(exported.encoder.patch_embed.proj.weight, fresh.encoder.patch_embed.proj.weight)
+    assert not torch.equal(
+        exported.encoder.patch_embed.proj.weight, fresh.encoder.patch_embed.proj.weight
+    )
 
 
 def test_gradient_accumulation_matches_full_batch(shard_dir, tmp_path):
     runs = {}
     for per_device in (8, 4, 2):
-        cfg = tiny_config(shard_dir, tmp_path / f"p{per_device}", per_device_batch=per_device, max_steps=4)
+        cfg = tiny_config(
+            shard_dir, tmp_path / f"p{per_device}", per_device_batch=per_device, max_steps=4
+        )
         result = pretrain(cfg)
         assert result.plan["accum_steps"] == 8 // per_device
         runs[per_device] = losses(result.history)
@@ -209,21 +243,36 @@ class FlakyMAE(AudioMAE):
 
 @pytest.mark.parametrize("fused", [False, True], ids=["host-skip", "fused-device-skip"])
 def test_nonfinite_steps_are_skipped(shard_dir, tmp_path, fused):
-    cfg = tiny_config(shard_dir, tmp_path / "run", max_steps=6, save_every=1, keep_last=0, fused_adamw=fused)
-    result = pretrain(cfg, model=FlakyMAE(cfg.model_config(), bad_calls={2, 3}))  # steps 3 and 4 (1-based)
+    cfg = tiny_config(
+        shard_dir, tmp_path / "run", max_steps=6, save_every=1, keep_last=0, fused_adamw=fused
+    )
+    result = pretrain(
+        cfg, model=FlakyMAE(cfg.model_config(), bad_calls={2, 3})
+    )  # steps 3 and 4 (1-based)
     assert result.finished
     records = {r["step"]: r for r in read_metrics(cfg.out_dir)}
     assert [records[s]["skipped"] for s in range(1, 7)] == [0, 0, 1, 1, 0, 0]
     assert records[3]["loss"] is None and math.isfinite(records[5]["loss"])  # NaN is logged as null
-    weights = {p.name: AudioMAE.from_pretrained(p).state_dict() for p in list_checkpoints(cfg.out_dir)}
-    unchanged = [torch.equal(weights["step_00000002"][k], weights["step_00000004"][k]) for k in weights["step_00000002"]]
+    weights = {
+        p.name: AudioMAE.from_pretrained(p).state_dict() for p in list_checkpoints(cfg.out_dir)
+    }
+    unchanged = [
+        torch.equal(weights["step_00000002"][k], weights["step_00000004"][k])
+        for k in weights["step_00000002"]
+    ]
     assert all(unchanged), "a non-finite step updated the model"
     w2, w5 = weights["step_00000002"], weights["step_00000005"]
-    assert not torch.equal(w2["encoder.patch_embed.proj.weight"], w5["encoder.patch_embed.proj.weight"])
+    assert not torch.equal(
+        w2["encoder.patch_embed.proj.weight"], w5["encoder.patch_embed.proj.weight"]
+    )
     from safetensors.torch import load_file
 
-    opt = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000004" / "optimizer.safetensors"))
-    assert float(opt["encoder.patch_embed.proj.weight/step"]) == 2.0  # AdamW's own step count skipped too
+    opt = load_file(
+        str(tmp_path / "run" / "checkpoints" / "step_00000004" / "optimizer.safetensors")
+    )
+    assert (
+        float(opt["encoder.patch_embed.proj.weight/step"]) == 2.0
+    )  # AdamW's own step count skipped too
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["host-skip", "fused-device-skip"])
@@ -240,16 +289,58 @@ def test_cli_config_file_and_flag_overrides(tmp_path, capsys):
     from audiomaepp.cli.pretrain import build_config
 
     file = tmp_path / "cfg.json"
-    file.write_text(json.dumps({"preset": "small", "epochs": 7, "batch_size": 512, "model": {"block": "vanilla"}}))
-    args = build_parser().parse_args(["pretrain", "--config", str(file), "--epochs", "3", "--encoder-rope",
-                                      "grid", "--model-set", "decoder_depth=2", "--no-compile", "--out", "r"])
+    file.write_text(
+        json.dumps(
+            {"preset": "small", "epochs": 7, "batch_size": 512, "model": {"block": "vanilla"}}
+        )
+    )
+    args = build_parser().parse_args(
+        [
+            "pretrain",
+            "--config",
+            str(file),
+            "--epochs",
+            "3",
+            "--encoder-rope",
+            "grid",
+            "--model-set",
+            "decoder_depth=2",
+            "--no-compile",
+            "--out",
+            "r",
+        ]
+    )
     cfg = build_config(args)
-    assert (cfg.preset, cfg.epochs, cfg.batch_size, cfg.compile, cfg.out_dir) == ("small", 3, 512, False, "r")
+    assert (cfg.preset, cfg.epochs, cfg.batch_size, cfg.compile, cfg.out_dir) == (
+        "small",
+        3,
+        512,
+        False,
+        "r",
+    )
     assert cfg.model == {"block": "vanilla", "encoder_rope": "grid", "decoder_depth": 2}
     assert cfg.warmup_epochs == 10.0 and cfg.peak_lr() == pytest.approx(3e-4)
-    assert main(["pretrain", "--preset", "base", "--block", "vanilla", "--max-steps", "9", "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--preset",
+                "base",
+                "--block",
+                "vanilla",
+                "--max-steps",
+                "9",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
-    assert printed["max_steps"] == 9 and printed["model"] == {"block": "vanilla"} and printed["epochs"] == 100
+    assert (
+        printed["max_steps"] == 9
+        and printed["model"] == {"block": "vanilla"}
+        and printed["epochs"] == 100
+    )
     assert main(["pretrain", "--preset", "nope", "--print-config"]) == 2
 
 
@@ -307,11 +398,22 @@ def test_metrics_writer_jsonl_and_tensorboard(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     writer = MetricsWriter(tmp_path)
     for step in (1, 2, 3):
-        writer.write({"step": step, "loss": math.nan if step == 2 else 1.0 / step, "lr": 1e-3, "mfu": None,
-                      "time": 0.1})
+        writer.write(
+            {
+                "step": step,
+                "loss": math.nan if step == 2 else 1.0 / step,
+                "lr": 1e-3,
+                "mfu": None,
+                "time": 0.1,
+            }
+        )
     writer.close()
     assert [r["loss"] for r in read_metrics(tmp_path)] == [1.0, None, pytest.approx(1 / 3)]
-    assert ("train/loss", 1.0, 1) in scalars and ("train/lr", 1e-3, 3) in scalars and scalars[-1] == "closed"
+    assert (
+        ("train/loss", 1.0, 1) in scalars
+        and ("train/lr", 1e-3, 3) in scalars
+        and scalars[-1] == "closed"
+    )
     assert not any(tag == "train/mfu" for tag, *_ in scalars[:-1])
     truncate_metrics(tmp_path, 2)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
@@ -320,7 +422,9 @@ def test_metrics_writer_jsonl_and_tensorboard(tmp_path, monkeypatch):
 def test_max_steps_keeps_the_warmup_share_and_ends_at_zero():
     from audiomaepp.training import TrainConfig, lr_at, plan_run
 
-    plan = plan_run(TrainConfig(max_steps=1000), torch.device("cpu"), 1, samples_per_epoch=2_000_000)
+    plan = plan_run(
+        TrainConfig(max_steps=1000), torch.device("cpu"), 1, samples_per_epoch=2_000_000
+    )
     assert plan.total_steps == 1000 and plan.warmup_steps == 100  # 10 of 100 epochs -> 10 %
     assert lr_at(999, plan.peak_lr, plan.warmup_steps, plan.total_steps) < 1e-3 * plan.peak_lr
 

@@ -47,7 +47,9 @@ def reference(shard_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 # ---- SIGKILL at a random step ------------------------------------------------------------------------
-def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_losses(shard_dir, tmp_path, reference):
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_losses(
+    shard_dir, tmp_path, reference
+):
     """Fault: SIGKILL (no handler can run) the whole CLI run at a random step after a checkpoint.
 
     Kept: the last complete checkpoint; a resumed run redoes the lost steps and its losses equal
@@ -88,7 +90,9 @@ def _disk_full_from(call: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_disk_full_on_save_keeps_the_last_checkpoint_and_resumes(shard_dir, tmp_path, reference, monkeypatch):
+def test_disk_full_on_save_keeps_the_last_checkpoint_and_resumes(
+    shard_dir, tmp_path, reference, monkeypatch
+):
     """Fault: the disk fills up while the second checkpoint is written (ENOSPC).
 
     Kept: the error reaches the caller (the run does not go on without checkpoints), no partial
@@ -104,7 +108,9 @@ def test_disk_full_on_save_keeps_the_last_checkpoint_and_resumes(shard_dir, tmp_
     assert [p.name for p in root.iterdir()] == ["step_00000003"]
     resumed = pretrain(cfg.replace(resume="auto"))
     assert resumed.finished
-    assert losses(read_metrics(cfg.out_dir)) == pytest.approx(losses(reference.history), abs=1e-6, rel=0)
+    assert losses(read_metrics(cfg.out_dir)) == pytest.approx(
+        losses(reference.history), abs=1e-6, rel=0
+    )
 
 
 _RANK_SCRIPT = r"""
@@ -139,10 +145,17 @@ def _launch_ranks(tmp_path: Path, scenario: str, cfg: TrainConfig) -> list[tuple
     cfg_file.write_text(cfg.to_json())
     port, procs = str(free_port()), []
     for rank in range(2):
-        env = dict(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port)
+        env = dict(
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
         log = tmp_path / f"{scenario}-rank{rank}.txt"
-        procs.append((start([sys.executable, str(script), scenario, str(cfg_file)], log, **env), log))
+        procs.append(
+            (start([sys.executable, str(script), scenario, str(cfg_file)], log, **env), log)
+        )
     return [(wait(p, log, timeout=120), log.read_text()) for p, log in procs]
 
 
@@ -152,8 +165,14 @@ def test_failed_save_on_rank0_ends_every_rank_promptly(shard_dir, tmp_path):
     Kept: rank 0 exits with the disk error and rank 1 exits at once saying rank 0 failed, rather
     than waiting for rank 0 in the next collective.
     """
-    cfg = tiny_config(shard_dir, tmp_path / "run", max_steps=6, save_every=2, per_device_batch=4,
-                      dist_timeout_s=1800)
+    cfg = tiny_config(
+        shard_dir,
+        tmp_path / "run",
+        max_steps=6,
+        save_every=2,
+        per_device_batch=4,
+        dist_timeout_s=1800,
+    )
     (rc0, log0), (rc1, log1) = _launch_ranks(tmp_path, "disk_full", cfg)
     assert rc0 != 0 and "No space left on device" in log0, log0[-3000:]
     assert rc1 != 0 and "rank 0 failed while writing the checkpoint of step 2" in log1, log1[-3000:]
@@ -165,8 +184,15 @@ def test_ranks_resume_from_the_checkpoint_rank0_chose(shard_dir, tmp_path):
     Kept: rank 0 picks the checkpoint and broadcasts it, so both ranks resume at the same step
     and finish together (before: rank 1 silently resumed from the older one).
     """
-    cfg = tiny_config(shard_dir, tmp_path / "run", max_steps=6, save_every=2, keep_last=0,
-                      per_device_batch=4, stop_after=4)
+    cfg = tiny_config(
+        shard_dir,
+        tmp_path / "run",
+        max_steps=6,
+        save_every=2,
+        keep_last=0,
+        per_device_batch=4,
+        stop_after=4,
+    )
     pretrain(cfg.replace(per_device_batch=None))  # one process writes step 2 and step 4
     assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_00000002", "step_00000004"]
     results = _launch_ranks(tmp_path, "lagging_fs", cfg.replace(stop_after=None, resume="auto"))
@@ -195,10 +221,20 @@ def one_checkpoint(shard_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         (lambda d: d["optimizer"].pop("param_groups"), "param_groups"),
         (lambda d: d["rng"].pop("numpy"), "numpy"),
     ],
-    ids=["no-step", "step-type", "peak_lr-null", "betas-short", "model_config-type", "no-optimizer",
-         "no-param-groups", "no-rng-numpy"],
+    ids=[
+        "no-step",
+        "step-type",
+        "peak_lr-null",
+        "betas-short",
+        "model_config-type",
+        "no-optimizer",
+        "no-param-groups",
+        "no-rng-numpy",
+    ],
 )
-def test_malformed_state_json_is_a_checkpoint_error_naming_file_and_field(one_checkpoint, tmp_path, edit, field):
+def test_malformed_state_json_is_a_checkpoint_error_naming_file_and_field(
+    one_checkpoint, tmp_path, edit, field
+):
     """Fault: a hand-edited or truncated ``state.json``. Kept: a CheckpointError naming both."""
     import shutil
 
@@ -215,8 +251,14 @@ def test_malformed_state_json_is_a_checkpoint_error_naming_file_and_field(one_ch
 
 @pytest.mark.parametrize(
     "change",
-    [dict(min_lr=1e-5), dict(weight_decay=0.1), dict(betas=(0.9, 0.999)), dict(eps=1e-6),
-     dict(clip_grad=1.0), dict(precision="bf16")],
+    [
+        dict(min_lr=1e-5),
+        dict(weight_decay=0.1),
+        dict(betas=(0.9, 0.999)),
+        dict(eps=1e-6),
+        dict(clip_grad=1.0),
+        dict(precision="bf16"),
+    ],
     ids=lambda c: next(iter(c)),
 )
 def test_resume_refuses_a_changed_optimizer_or_precision_field(one_checkpoint, change):
@@ -282,5 +324,8 @@ def test_export_replaces_model_dir_as_one_unit(shard_dir, tmp_path, monkeypatch)
     monkeypatch.undo()
     # the second run's folder has no half model; the first run's model is untouched
     assert not (tmp_path / "run2" / "model").exists()
-    assert old == ((model_dir / "model.safetensors").read_bytes(), (model_dir / "config.json").read_bytes())
+    assert old == (
+        (model_dir / "model.safetensors").read_bytes(),
+        (model_dir / "config.json").read_bytes(),
+    )
     assert AudioMAE.from_pretrained(model_dir) is not None

@@ -57,7 +57,9 @@ def test_cuda_bf16_compiled_fused_run_and_resume(shard_dir, tmp_path):
 
 
 def test_cuda_fp16_grad_scaler(shard_dir, tmp_path):
-    cfg = _cuda(shard_dir, tmp_path / "run", max_steps=10, precision="fp16", compile=False, save_every=5)
+    cfg = _cuda(
+        shard_dir, tmp_path / "run", max_steps=10, precision="fp16", compile=False, save_every=5
+    )
     result = pretrain(cfg)
     assert result.finished and all(math.isfinite(v) for v in losses(result.history).values())
     state = json.loads((list_checkpoints(cfg.out_dir)[-1] / "state.json").read_text())
@@ -68,7 +70,9 @@ def test_cuda_fused_skip_and_stop(shard_dir, tmp_path):
     cfg = _cuda(shard_dir, tmp_path / "run", max_steps=6, compile=False, save_every=1, keep_last=0)
     result = pretrain(cfg, model=FlakyMAE(cfg.model_config(), bad_calls={2, 3}))
     assert [r["skipped"] for r in result.history] == [0, 0, 1, 1, 0, 0]
-    w2, w4 = (AudioMAE.from_pretrained(list_checkpoints(cfg.out_dir)[i]).state_dict() for i in (1, 3))
+    w2, w4 = (
+        AudioMAE.from_pretrained(list_checkpoints(cfg.out_dir)[i]).state_dict() for i in (1, 3)
+    )
     assert all(torch.equal(w2[k], w4[k]) for k in w2)
     cfg = _cuda(shard_dir, tmp_path / "run2", max_steps=20, compile=False, max_nonfinite=3)
     with pytest.raises(NonFiniteLossError, match="3 consecutive"):
@@ -101,16 +105,38 @@ def benchmark(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", default="/tmp/bench_run")
     a = ap.parse_args(argv)
-    cfg = TrainConfig(preset=a.preset, out_dir=a.out, batch_size=a.batch_size, per_device_batch=a.per_device_batch,
-                      max_steps=a.steps, warmup_steps=5, log_every=10, save_every=0, viz_every=0, num_workers=2,
-                      precision=a.precision, compile=a.compile, progress=False, tensorboard=False, export=False)
+    cfg = TrainConfig(
+        preset=a.preset,
+        out_dir=a.out,
+        batch_size=a.batch_size,
+        per_device_batch=a.per_device_batch,
+        max_steps=a.steps,
+        warmup_steps=5,
+        log_every=10,
+        save_every=0,
+        viz_every=0,
+        num_workers=2,
+        precision=a.precision,
+        compile=a.compile,
+        progress=False,
+        tensorboard=False,
+        export=False,
+    )
     result = pretrain(cfg, dataset=RandomCrops(a.batch_size * 1000))
     last = result.history[-1]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    out = {"device": device, "preset": a.preset, "plan": result.plan,
-           "samples_per_s": last["samples_per_s"], "mfu": last["mfu"], "loss": last["loss"],
-           "max_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
-           "history": [(r["step"], round(r["samples_per_s"], 1), r["mfu"]) for r in result.history]}
+    out = {
+        "device": device,
+        "preset": a.preset,
+        "plan": result.plan,
+        "samples_per_s": last["samples_per_s"],
+        "mfu": last["mfu"],
+        "loss": last["loss"],
+        "max_mem_gb": torch.cuda.max_memory_allocated() / 1e9
+        if torch.cuda.is_available()
+        else None,
+        "history": [(r["step"], round(r["samples_per_s"], 1), r["mfu"]) for r in result.history],
+    }
     print(json.dumps(out, indent=1))
     return out
 

@@ -20,7 +20,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # A ~30 k-parameter model: 2+1 blocks of width 32 (fast enough for dozens of CPU steps per test).
-MICRO = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+MICRO = dict(
+    embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2
+)
 
 
 def write_clips(folder: Path, n: int = 24, seconds: float = 2.5, seed: int = 0) -> Path:
@@ -58,10 +60,26 @@ def tiny_config(data: Path | str, out: Path | str, **overrides: Any):
     """A TrainConfig for CPU tests: micro model, batch 8, every step logged, nothing optional."""
     from audiomaepp.training import TrainConfig
 
-    base = dict(preset="tiny", model=dict(MICRO), data=str(data), out_dir=str(out), batch_size=8,
-                samples_per_epoch=16, num_workers=0, shuffle_buffer=16, max_steps=8, warmup_steps=2,
-                lr=2e-3, log_every=1, save_every=0, viz_every=0, progress=False, tensorboard=False,
-                device="cpu", seed=0)
+    base = dict(
+        preset="tiny",
+        model=dict(MICRO),
+        data=str(data),
+        out_dir=str(out),
+        batch_size=8,
+        samples_per_epoch=16,
+        num_workers=0,
+        shuffle_buffer=16,
+        max_steps=8,
+        warmup_steps=2,
+        lr=2e-3,
+        log_every=1,
+        save_every=0,
+        viz_every=0,
+        progress=False,
+        tensorboard=False,
+        device="cpu",
+        seed=0,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -70,9 +88,23 @@ def config_flags(cfg) -> list[str]:
     flags = ["--preset", cfg.preset, "--data", cfg.data, "--out", cfg.out_dir]
     for key, value in cfg.model.items():
         flags += ["--model-set", f"{key}={json.dumps(value)}"]
-    simple = ["batch_size", "per_device_batch", "samples_per_epoch", "num_workers", "shuffle_buffer",
-              "max_steps", "warmup_steps", "lr", "log_every", "save_every", "viz_every", "seed",
-              "keep_last", "stop_after", "device"]
+    simple = [
+        "batch_size",
+        "per_device_batch",
+        "samples_per_epoch",
+        "num_workers",
+        "shuffle_buffer",
+        "max_steps",
+        "warmup_steps",
+        "lr",
+        "log_every",
+        "save_every",
+        "viz_every",
+        "seed",
+        "keep_last",
+        "stop_after",
+        "device",
+    ]
     for key in simple:
         value = getattr(cfg, key)
         if value is not None:
@@ -101,8 +133,14 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def start(cmd: list[str], log: Path, **extra_env: str) -> subprocess.Popen:
     """Start ``cmd`` in its own process group (so a timeout can end it and all its children)."""
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO,  # noqa: SIM115
-                            env=child_env(**extra_env), start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,  # noqa: SIM115
+        env=child_env(**extra_env),
+        start_new_session=True,
+    )
 
 
 def wait(proc: subprocess.Popen, log: Path, timeout: float) -> int:
@@ -120,4 +158,13 @@ def cli(args: list[str]) -> list[str]:
 
 
 def torchrun(args: list[str], *launcher: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "audiomaepp.cli.main", "pretrain", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *launcher,
+        "-m",
+        "audiomaepp.cli.main",
+        "pretrain",
+        *args,
+    ]

@@ -40,6 +40,7 @@ def die_once(marker: str) -> str:
 @pytest.fixture
 def no_hang():
     """Turn a hang into a test failure (an alarm, not a speed assertion)."""
+
     def hung(signum, frame):
         raise AssertionError("imap_files hung")
 
@@ -66,7 +67,9 @@ def test_exception_fails_only_its_item(workers, no_hang):
 def test_sigkilled_worker_fails_its_item_and_the_rest_goes_on(no_hang):
     out = dict(imap_files(die_on_five, range(12), workers=2, window=6))
     assert isinstance(out[5], WorkFailed)
-    assert "died every time it ran this item alone (2 runs" in str(out[5]) and "SIGKILL" in str(out[5])
+    assert "died every time it ran this item alone (2 runs" in str(out[5]) and "SIGKILL" in str(
+        out[5]
+    )
     # every bystander that was in flight with item 5 was re-run and kept its result
     assert {k: v for k, v in out.items() if k != 5} == {i: i + 100 for i in range(12) if i != 5}
 

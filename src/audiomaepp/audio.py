@@ -28,7 +28,9 @@ def to_mono_16k(audio: np.ndarray, sample_rate: int, what: str = "audio") -> np.
     if audio.ndim == 2:
         audio = audio.mean(axis=1)  # mix down: the average keeps the level of correlated channels
     elif audio.ndim != 1:
-        raise InvalidAudioError(f"{what}: expected (samples,) or (samples, channels), got {audio.shape}")
+        raise InvalidAudioError(
+            f"{what}: expected (samples,) or (samples, channels), got {audio.shape}"
+        )
     audio = audio.astype(np.float32, copy=False)
     if audio.size == 0:
         raise InvalidAudioError(f"{what}: empty audio (0 samples)")
@@ -61,7 +63,9 @@ def find_audio_files(inputs: list[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += [f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()]
+            found += [
+                f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()
+            ]
         elif p.suffix.lower() == ".txt" and p.is_file():
             lines = p.read_text().splitlines()
             found += [Path(s.strip()) for s in lines if s.strip() and not s.startswith("#")]

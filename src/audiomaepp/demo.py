@@ -34,7 +34,12 @@ log = logging.getLogger("audiomaepp.demo")
 # A small model that learns something in minutes on 2 CPU cores: 4 encoder blocks of width 64
 # (head dim 32) and a 2-block decoder of width 64; the paper's tiny is 12 x 192 (21 M parameters).
 DEMO_MODEL: dict[str, Any] = dict(
-    embed_dim=64, depth=4, num_heads=2, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=2,
+    embed_dim=64,
+    depth=4,
+    num_heads=2,
+    decoder_embed_dim=64,
+    decoder_depth=2,
+    decoder_num_heads=2,
 )
 
 
@@ -46,19 +51,29 @@ class DemoConfig:
     """Settings of the demo; the defaults took 16.7 minutes on 2 quiet CPU cores (README)."""
 
     out: str = "demo_out"  # everything the demo writes goes here
-    steps: int = DEMO_STEPS  # pretraining steps per model: fixed, so the answer never depends on speed
-    minutes: float | None = None  # opt-in: fit the steps to this wall time instead (machine-dependent)
+    steps: int = (
+        DEMO_STEPS  # pretraining steps per model: fixed, so the answer never depends on speed
+    )
+    minutes: float | None = (
+        None  # opt-in: fit the steps to this wall time instead (machine-dependent)
+    )
     max_steps: int = 3000  # upper bound on steps fitted to ``minutes`` (a fast GPU would run long)
-    threads: int | None = 2  # torch intra-op threads: fixed for identical rounding; None: torch's default
+    threads: int | None = (
+        2  # torch intra-op threads: fixed for identical rounding; None: torch's default
+    )
     batch_size: int = 32  # small batches: more updates in the same time on a CPU
     lr: float = 1e-3  # short runs need a larger peak lr than the paper's 6e-4 at batch 1024
     warmup_fraction: float = 0.1  # 10 % warm-up, as the paper's 10 of 100 epochs
     seed: int = 0  # corpus, model init, data order, masking and probes derive from it
     probe_seeds: int = 10  # as the paper
-    probe_max_epochs: int = 500  # as hear-eval-kit; early stopping usually ends the probe far sooner
+    probe_max_epochs: int = (
+        500  # as hear-eval-kit; early stopping usually ends the probe far sooner
+    )
     device: str = "auto"  # GPU when present
     model: dict[str, Any] = field(default_factory=lambda: dict(DEMO_MODEL))
-    corpus: dict[str, Any] = field(default_factory=dict)  # CorpusConfig overrides (tests use small ones)
+    corpus: dict[str, Any] = field(
+        default_factory=dict
+    )  # CorpusConfig overrides (tests use small ones)
     progress: bool = True  # progress bars
 
     def time_budget_s(self) -> dict[str, float]:
@@ -100,14 +115,18 @@ def _run_stages(cfg: DemoConfig) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    corpus = generate_corpus(out / "corpus", CorpusConfig(seed=cfg.seed, **cfg.corpus), progress=cfg.progress)
+    corpus = generate_corpus(
+        out / "corpus", CorpusConfig(seed=cfg.seed, **cfg.corpus), progress=cfg.progress
+    )
     shards = _prepare_shards(corpus.pool_dir, out / "shards", cfg.progress)
     timings["corpus_and_shards_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     steps = _fit_steps(cfg, shards, time.perf_counter() - t0) if cfg.minutes else cfg.steps
-    runs = {name: _pretrain(cfg, name, block, shards, steps, out) for name, block in
-            (("AudioMAE++", "plusplus"), ("MAE (vanilla)", "vanilla"))}
+    runs = {
+        name: _pretrain(cfg, name, block, shards, steps, out)
+        for name, block in (("AudioMAE++", "plusplus"), ("MAE (vanilla)", "vanilla"))
+    }
     timings["pretraining_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -141,12 +160,25 @@ def _train_config(cfg: DemoConfig, block: str, shards: Path, steps: int, run_dir
     clips = int(load_manifest(shards)["clips"])
     epoch = cfg.batch_size * max(1, round(clips / cfg.batch_size))  # about one crop per clip
     return TrainConfig(
-        preset="tiny", model={**cfg.model, "block": block}, data=str(shards), out_dir=str(run_dir),
+        preset="tiny",
+        model={**cfg.model, "block": block},
+        data=str(shards),
+        out_dir=str(run_dir),
         samples_per_epoch=epoch,
-        batch_size=cfg.batch_size, lr=cfg.lr, max_steps=steps,
-        warmup_steps=max(1, int(cfg.warmup_fraction * steps)), seed=cfg.seed, device=cfg.device,
-        num_workers=0, save_every=max(steps // 2, 1), keep_last=1, log_every=max(steps // 20, 1),
-        viz_every=steps, progress=cfg.progress, tensorboard=False, resume="auto",
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        max_steps=steps,
+        warmup_steps=max(1, int(cfg.warmup_fraction * steps)),
+        seed=cfg.seed,
+        device=cfg.device,
+        num_workers=0,
+        save_every=max(steps // 2, 1),
+        keep_last=1,
+        log_every=max(steps // 20, 1),
+        viz_every=steps,
+        progress=cfg.progress,
+        tensorboard=False,
+        resume="auto",
     )
 
 
@@ -158,8 +190,15 @@ def _fit_steps(cfg: DemoConfig, shards: Path, spent_s: float) -> int:
     for block in ("plusplus", "vanilla"):
         run_dir = Path(cfg.out) / "calibration" / block
         shutil.rmtree(run_dir, ignore_errors=True)
-        c = dataclasses.replace(_train_config(cfg, block, shards, probe_steps, run_dir), log_every=2,
-                                progress=False, export=False, viz_every=0, save_every=0, resume=None)
+        c = dataclasses.replace(
+            _train_config(cfg, block, shards, probe_steps, run_dir),
+            log_every=2,
+            progress=False,
+            export=False,
+            viz_every=0,
+            save_every=0,
+            resume=None,
+        )
         rates = [r["samples_per_s"] for r in pretrain(c).history[1:]]  # the first includes start-up
         per_step += cfg.batch_size / (sorted(rates)[len(rates) // 2])
     shutil.rmtree(Path(cfg.out) / "calibration", ignore_errors=True)
@@ -169,7 +208,9 @@ def _fit_steps(cfg: DemoConfig, shards: Path, spent_s: float) -> int:
     return max(20, min(cfg.max_steps, steps))
 
 
-def _pretrain(cfg: DemoConfig, name: str, block: str, shards: Path, steps: int, out: Path) -> dict[str, Any]:
+def _pretrain(
+    cfg: DemoConfig, name: str, block: str, shards: Path, steps: int, out: Path
+) -> dict[str, Any]:
     from .training import pretrain
 
     run_dir = out / "runs" / ("audiomaepp" if block == "plusplus" else "mae_vanilla")
@@ -183,9 +224,15 @@ def _pretrain(cfg: DemoConfig, name: str, block: str, shards: Path, steps: int, 
     if not result.finished or result.model_dir is None:
         raise RuntimeError(f"pretraining of {name} did not finish (see {run_dir})")
     losses = [r["loss"] for r in result.history if r.get("loss") is not None]
-    return {"name": name, "block": block, "model_dir": result.model_dir, "run_dir": run_dir,
-            "first_loss": losses[0] if losses else None, "final_loss": result.final_loss,
-            "elapsed_s": result.elapsed_s}
+    return {
+        "name": name,
+        "block": block,
+        "model_dir": result.model_dir,
+        "run_dir": run_dir,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": result.final_loss,
+        "elapsed_s": result.elapsed_s,
+    }
 
 
 def _evaluate(cfg: DemoConfig, runs: dict[str, dict[str, Any]], task_dirs: list[Path], out: Path):
@@ -201,9 +248,16 @@ def _evaluate(cfg: DemoConfig, runs: dict[str, dict[str, Any]], task_dirs: list[
     random.name = "random init"
     embedders += [random, LogMelStatsEmbedder()]
     embedders[-1].name = "log-mel mean+std"
-    return run_evaluation(embedders, task_dirs, out_dir=out / "report", seeds=cfg.probe_seeds,
-                          cache_dir=out / "cache", progress=cfg.progress,
-                          max_epochs=cfg.probe_max_epochs, device=str(random.device))
+    return run_evaluation(
+        embedders,
+        task_dirs,
+        out_dir=out / "report",
+        seeds=cfg.probe_seeds,
+        cache_dir=out / "cache",
+        progress=cfg.progress,
+        max_epochs=cfg.probe_max_epochs,
+        device=str(random.device),
+    )
 
 
 # ---- honest verdicts ----------------------------------------------------------------------------------------
@@ -217,8 +271,13 @@ def compare(result, a: str, b: str) -> dict[str, Any]:
         per_task[task] = {"diff": ma - mb, "clear": abs(ma - mb) > ca + cb}
     wins = sum(v["clear"] and v["diff"] > 0 for v in per_task.values())
     losses = sum(v["clear"] and v["diff"] < 0 for v in per_task.values())
-    return {"per_task": per_task, "wins": wins, "losses": losses,
-            "score_a": result.normalized[a], "score_b": result.normalized[b]}
+    return {
+        "per_task": per_task,
+        "wins": wins,
+        "losses": losses,
+        "score_a": result.normalized[a],
+        "score_b": result.normalized[b],
+    }
 
 
 def _answer(better: bool, wins: int, losses: int) -> str:
@@ -239,8 +298,16 @@ def judge(result) -> list[str]:
     """Plain sentences about what this run measured; nothing beyond it."""
     lines = []
     for a, b, question in (
-        ("AudioMAE++", "random init", "Did pretraining beat a random-init encoder of the same size?"),
-        ("AudioMAE++", "MAE (vanilla)", "Did AudioMAE++ beat the vanilla MAE of the same size and budget?"),
+        (
+            "AudioMAE++",
+            "random init",
+            "Did pretraining beat a random-init encoder of the same size?",
+        ),
+        (
+            "AudioMAE++",
+            "MAE (vanilla)",
+            "Did AudioMAE++ beat the vanilla MAE of the same size and budget?",
+        ),
     ):
         c = compare(result, a, b)
         n = len(result.tasks)
@@ -269,8 +336,10 @@ def loss_table(curves: dict[str, list[tuple[int, float]]], steps: int, columns: 
     logged = sorted({s for pts in curves.values() for s, _ in pts})
     targets = [max(1, round(steps * k / (columns - 1))) for k in range(columns)]
     marks = sorted({min(logged, key=lambda s: abs(s - t)) for t in targets}) if logged else targets
-    lines = ["| pretraining loss at step | " + " | ".join(str(m) for m in marks) + " |",
-             "|---|" + "---:|" * len(marks)]
+    lines = [
+        "| pretraining loss at step | " + " | ".join(str(m) for m in marks) + " |",
+        "|---|" + "---:|" * len(marks),
+    ]
     for name, pts in curves.items():
         by_step = dict(pts)
         cells = [f"{by_step[m]:.3f}" if m in by_step else "n/a" for m in marks]
@@ -297,8 +366,16 @@ def _plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None
     fig.savefig(path, dpi=110)
 
 
-def _write_summary(cfg: DemoConfig, out: Path, table: str, verdicts: list[str], steps: int,
-                   runs: dict[str, dict[str, Any]], timings: dict[str, float], losses: str) -> None:
+def _write_summary(
+    cfg: DemoConfig,
+    out: Path,
+    table: str,
+    verdicts: list[str],
+    steps: int,
+    runs: dict[str, dict[str, Any]],
+    timings: dict[str, float],
+    losses: str,
+) -> None:
     import torch
 
     recon = []
@@ -308,23 +385,45 @@ def _write_summary(cfg: DemoConfig, out: Path, table: str, verdicts: list[str], 
             target = out / "report" / f"reconstruction_{Path(run['run_dir']).name}.png"
             shutil.copyfile(pngs[-1], target)
             recon.append(target.name)
-    device = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() and cfg.device != "cpu" else "CPU"
+    device = (
+        "GPU " + torch.cuda.get_device_name()
+        if torch.cuda.is_available() and cfg.device != "cpu"
+        else "CPU"
+    )
     lines = [
-        "# audiomaepp demo", "",
+        "# audiomaepp demo",
+        "",
         f"Corpus: generated (seed {cfg.seed}); models: encoder {cfg.model['depth']} x {cfg.model['embed_dim']}, "
         f"decoder {cfg.model['decoder_depth']} x {cfg.model['decoder_embed_dim']}; {steps} pretraining steps of "
         f"batch {cfg.batch_size} each on {device} ({torch.get_num_threads()} threads); probes: hear-eval-kit "
-        f"protocol, {cfg.probe_seeds} seeds.", "",
-        table, "",
-        *[f"- {v}" for v in verdicts], "",
-        "Pretraining loss (masked-patch MSE on standardised log-mel; chart: report/loss_curves.png):", "",
-        losses, "",
+        f"protocol, {cfg.probe_seeds} seeds.",
+        "",
+        table,
+        "",
+        *[f"- {v}" for v in verdicts],
+        "",
+        "Pretraining loss (masked-patch MSE on standardised log-mel; chart: report/loss_curves.png):",
+        "",
+        losses,
+        "",
         "Files: report/results.md, report/results.png (chart), report/loss_curves.png, report/results.json, "
         "report/scores.csv" + "".join(f", report/{n}" for n in recon) + ".",
-        "", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+        "",
+        "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
     ]
     (out / "DEMO.md").write_text("\n".join(lines) + "\n")
-    (out / "demo.json").write_text(json.dumps(
-        {"config": dataclasses.asdict(cfg), "steps": steps, "verdicts": verdicts, "timings": timings,
-         "runs": {k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()} for k, v in runs.items()}},
-        indent=2))
+    (out / "demo.json").write_text(
+        json.dumps(
+            {
+                "config": dataclasses.asdict(cfg),
+                "steps": steps,
+                "verdicts": verdicts,
+                "timings": timings,
+                "runs": {
+                    k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()}
+                    for k, v in runs.items()
+                },
+            },
+            indent=2,
+        )
+    )

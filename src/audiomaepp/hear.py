@@ -30,7 +30,9 @@ def load_model(model_file_path: str = "", **options) -> Embedder:
     allowed = {"layout", "device", "dtype", "batch_size", "compile", "preset", "seed"}
     unknown = set(options) - allowed
     if unknown:
-        raise TypeError(f"load_model: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise TypeError(
+            f"load_model: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
     kw = {k: options[k] for k in ("device", "dtype", "batch_size", "compile") if k in options}
     if model_file_path:
         return Embedder.from_dir(model_file_path, layout=options.get("layout"), **kw)
@@ -43,7 +45,9 @@ def load_model(model_file_path: str = "", **options) -> Embedder:
     return Embedder.random_init(options["preset"], seed=options.get("seed", 0), **kw, **layout)
 
 
-def get_timestamp_embeddings(audio: torch.Tensor, model: Embedder) -> tuple[torch.Tensor, torch.Tensor]:
+def get_timestamp_embeddings(
+    audio: torch.Tensor, model: Embedder
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings every 40 ms, ``(B, S, model.timestamp_embedding_size)``, and their times in ms."""
     return model.timestamp_embeddings(audio)
 

@@ -100,7 +100,9 @@ def _call(fn: Callable[[T], R], item: T) -> R | WorkFailed:
         return WorkFailed(f"{type(exc).__name__}: {exc}")
 
 
-def _collect(futures: Iterable[Future], in_flight: dict[Future, int], done: dict[int, Any]) -> list[int]:
+def _collect(
+    futures: Iterable[Future], in_flight: dict[Future, int], done: dict[int, Any]
+) -> list[int]:
     """Move futures' results into ``done``; return the indices lost to a broken pool.
 
     Blocks on unfinished futures: called with the finished ones, or after a break, when the
@@ -118,8 +120,9 @@ def _collect(futures: Iterable[Future], in_flight: dict[Future, int], done: dict
     return lost
 
 
-def _run_alone(fn: Callable[[T], R], item: T, retries: int,
-               new_pool: Callable[[int], ProcessPoolExecutor]) -> R | WorkFailed:
+def _run_alone(
+    fn: Callable[[T], R], item: T, retries: int, new_pool: Callable[[int], ProcessPoolExecutor]
+) -> R | WorkFailed:
     """Re-run one item that was in flight when a worker died, alone, so a death is its own."""
     exit_codes = []
     for _ in range(1 + max(retries, 0)):

@@ -21,8 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="release checkpoint, e.g. checkpoint-99.pth")
     p.add_argument("out_dir", help="model directory to write")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--preset", choices=sorted(PRESETS), help="AudioMAE++ size of the checkpoint")
-    group.add_argument("--release-config", metavar="JSON", help="the release's model arguments as JSON")
+    group.add_argument(
+        "--preset", choices=sorted(PRESETS), help="AudioMAE++ size of the checkpoint"
+    )
+    group.add_argument(
+        "--release-config", metavar="JSON", help="the release's model arguments as JSON"
+    )
     p.set_defaults(func=run)
 
 
@@ -31,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from ..model.release import convert_release
 
     try:
-        model = convert_release(args.checkpoint, args.out_dir, preset=args.preset,
-                                release_config=args.release_config)
+        model = convert_release(
+            args.checkpoint, args.out_dir, preset=args.preset, release_config=args.release_config
+        )
     except CheckpointError as exc:
         log.error("%s", exc)
         return 1

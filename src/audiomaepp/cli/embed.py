@@ -23,12 +23,24 @@ log = logging.getLogger("audiomaepp.embed")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="compute scene (and timestamp) embeddings for audio files")
-    p.add_argument("model_dir", help="model directory (save_pretrained / convert-release output) or Hub repo id")
-    p.add_argument("inputs", nargs="+", help="audio files, folders (recursive), globs or .txt lists")
+    p.add_argument(
+        "model_dir",
+        help="model directory (save_pretrained / convert-release output) or Hub repo id",
+    )
+    p.add_argument(
+        "inputs", nargs="+", help="audio files, folders (recursive), globs or .txt lists"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--timestamps", action="store_true", help="also write timestamp embeddings")
-    p.add_argument("--layout", choices=["release", "time_major"], help="token layout (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=None, help="2-s chunks per encoder call (default 64 on CPU, 256 on CUDA)")
+    p.add_argument(
+        "--layout", choices=["release", "time_major"], help="token layout (default: the model's)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="2-s chunks per encoder call (default 64 on CPU, 256 on CUDA)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
@@ -49,15 +61,29 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.timestamps:
         (out / "timestamps").mkdir(exist_ok=True)
-    embedder = Embedder.from_dir(args.model_dir, device=args.device, batch_size=args.batch_size,
-                                 layout=args.layout, dtype=args.dtype)
-    scene = np.lib.format.open_memmap(out / "scene.npy", mode="w+", dtype=np.float32,
-                                      shape=(len(files), embedder.scene_embedding_size))
+    embedder = Embedder.from_dir(
+        args.model_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        layout=args.layout,
+        dtype=args.dtype,
+    )
+    scene = np.lib.format.open_memmap(
+        out / "scene.npy",
+        mode="w+",
+        dtype=np.float32,
+        shape=(len(files), embedder.scene_embedding_size),
+    )
     samples: dict[int, int] = {}  # row -> samples at 16 kHz
     skipped: list[tuple[int, str]] = []
     bar = tqdm(total=len(files), unit="file", desc="embed")
-    for item in embed_files(embedder, files, workers=args.workers, timestamps=args.timestamps,
-                            on_decoded=lambda _row: bar.update(1)):
+    for item in embed_files(
+        embedder,
+        files,
+        workers=args.workers,
+        timestamps=args.timestamps,
+        on_decoded=lambda _row: bar.update(1),
+    ):
         if item.embedding is None:
             skipped.append((item.row, item.error))
             log.warning("skipped %s", item.error)
@@ -66,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
         if args.timestamps:
             scene[item.row] = item.embedding.mean(axis=0)
             stamps = embedder.plan(item.num_samples).timestamps().numpy()
-            np.savez(out / "timestamps" / f"{item.row:08d}.npz", embeddings=item.embedding, timestamps=stamps)
+            np.savez(
+                out / "timestamps" / f"{item.row:08d}.npz",
+                embeddings=item.embedding,
+                timestamps=stamps,
+            )
         else:
             scene[item.row] = item.embedding
     bar.close()
@@ -76,18 +106,28 @@ def run(args: argparse.Namespace) -> int:
     return 0 if samples else 1
 
 
-def _write_index(out: Path, files: list[Path], samples: dict[int, int], skipped: list, embedder) -> None:
+def _write_index(
+    out: Path, files: list[Path], samples: dict[int, int], skipped: list, embedder
+) -> None:
     with open(out / "index.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["row", "status", "seconds", "steps", "path"])
         for row, path in enumerate(files):
             n = samples.get(row)
-            status, seconds, steps = ("ok", n / 16000, embedder.plan(n).num_steps) if n else ("skipped", 0.0, 0)
+            status, seconds, steps = (
+                ("ok", n / 16000, embedder.plan(n).num_steps) if n else ("skipped", 0.0, 0)
+            )
             w.writerow([row, status, f"{seconds:.3f}", steps, str(path)])
     with open(out / "skipped.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["row", "reason"])
         w.writerows(sorted(skipped))
-    meta = {"model": embedder.name, "layout": embedder.layout, "embedding_size": embedder.scene_embedding_size,
-            "files": len(files), "embedded": len(samples), "skipped": len(skipped)}
+    meta = {
+        "model": embedder.name,
+        "layout": embedder.layout,
+        "embedding_size": embedder.scene_embedding_size,
+        "files": len(files),
+        "embedded": len(samples),
+        "skipped": len(skipped),
+    }
     (out / "embedder.json").write_text(json.dumps(meta, indent=2) + "\n")

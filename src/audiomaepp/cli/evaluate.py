@@ -29,34 +29,69 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "and fold, and write a Table-2-style report with 95 % CIs and the normalized score."
         ),
     )
-    p.add_argument("--tasks", nargs="+", required=True, metavar="DIR",
-                   help="HEAR task folders, or folders containing task folders")
-    p.add_argument("--models", nargs="+", required=True, metavar="SPEC",
-                   help="'logmel' (log-mel mean+std baseline), 'random:<preset>' "
-                        "(random-init encoder) or a model directory")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="HEAR task folders, or folders containing task folders",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="SPEC",
+        help="'logmel' (log-mel mean+std baseline), 'random:<preset>' "
+        "(random-init encoder) or a model directory",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="report folder")
-    p.add_argument("--seeds", type=int, default=10, help="probe seeds per model and task (default 10)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (embedding and probe)")
+    p.add_argument(
+        "--seeds", type=int, default=10, help="probe seeds per model and task (default 10)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (embedding and probe)"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="embedding batch size")
-    p.add_argument("--cache", default=None, metavar="DIR",
-                   help="embedding cache folder (default <out>/cache)")
+    p.add_argument(
+        "--cache", default=None, metavar="DIR", help="embedding cache folder (default <out>/cache)"
+    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
-    p.add_argument("--max-epochs", type=int, default=None, help="probe epochs (default 500, the protocol)")
+    p.add_argument(
+        "--max-epochs", type=int, default=None, help="probe epochs (default 500, the protocol)"
+    )
     p.add_argument("--patience", type=int, default=None, help="early-stopping checks (default 20)")
-    p.add_argument("--standardize", action="store_true",
-                   help="DEVIATION from hear-eval-kit: standardise each embedding dimension with training "
-                   "statistics before the probe (the kit feeds raw embeddings)")
-    p.add_argument("--layout", default=None, choices=["release", "time_major"],
-                   help="token layout for model directories (default: each model's own)")
+    p.add_argument(
+        "--standardize",
+        action="store_true",
+        help="DEVIATION from hear-eval-kit: standardise each embedding dimension with training "
+        "statistics before the probe (the kit feeds raw embeddings)",
+    )
+    p.add_argument(
+        "--layout",
+        default=None,
+        choices=["release", "time_major"],
+        help="token layout for model directories (default: each model's own)",
+    )
     p.add_argument("--init-seed", type=int, default=0, help="seed of random:<preset> encoders")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--mode", nargs="+", default=["probe"], choices=["probe", "finetune", "linear"],
-                   help="probe: MLP probe on frozen embeddings (the paper's protocol, default); finetune: "
-                        "fine-tune encoder + head per seed (audiomaepp finetune); linear: frozen encoder + "
-                        "head trained by the fine-tuning loop. Several modes share one report")
-    p.add_argument("--ft-config", metavar="FILE", help="FinetuneConfig JSON for the finetune / linear modes")
-    p.add_argument("--ft-epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's 50)")
-    p.add_argument("--ft-batch-size", type=int, default=None, help="fine-tuning global batch (default 64)")
+    p.add_argument(
+        "--mode",
+        nargs="+",
+        default=["probe"],
+        choices=["probe", "finetune", "linear"],
+        help="probe: MLP probe on frozen embeddings (the paper's protocol, default); finetune: "
+        "fine-tune encoder + head per seed (audiomaepp finetune); linear: frozen encoder + "
+        "head trained by the fine-tuning loop. Several modes share one report",
+    )
+    p.add_argument(
+        "--ft-config", metavar="FILE", help="FinetuneConfig JSON for the finetune / linear modes"
+    )
+    p.add_argument(
+        "--ft-epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's 50)"
+    )
+    p.add_argument(
+        "--ft-batch-size", type=int, default=None, help="fine-tuning global batch (default 64)"
+    )
     p.set_defaults(func=run)
     return p
 
@@ -87,15 +122,29 @@ def run(args: argparse.Namespace) -> int:
     if args.mode != ["probe"]:
         return _run_modes(args, device, cache)
     try:
-        embedders = [make_embedder(s, device=device, batch_size=args.batch_size,
-                                   seed=args.init_seed, layout=args.layout) for s in args.models]
+        embedders = [
+            make_embedder(
+                s,
+                device=device,
+                batch_size=args.batch_size,
+                seed=args.init_seed,
+                layout=args.layout,
+            )
+            for s in args.models
+        ]
     except (AudioMAEError, ValueError) as exc:  # a mistyped spec or preset name
         print(f"error: --models: {exc}", file=sys.stderr)
         return 2
     try:
-        result = run_evaluation(embedders, args.tasks, out_dir=args.out, seeds=args.seeds,
-                                cache_dir=cache, progress=not args.quiet,
-                                **_probe_overrides(args, device))
+        result = run_evaluation(
+            embedders,
+            args.tasks,
+            out_dir=args.out,
+            seeds=args.seeds,
+            cache_dir=cache,
+            progress=not args.quiet,
+            **_probe_overrides(args, device),
+        )
     except AudioMAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -118,9 +167,16 @@ def _run_modes(args: argparse.Namespace, device: str, cache: str | None) -> int:
         if args.ft_batch_size is not None:
             changes["batch_size"] = args.ft_batch_size
         ft = ft.replace(**changes)
-        result = run_modes(args.models, args.tasks, args.out, args.mode, args.seeds, ft,
-                           probe_kwargs={"cache_dir": cache, **_probe_overrides(args, device)},
-                           progress=not args.quiet)
+        result = run_modes(
+            args.models,
+            args.tasks,
+            args.out,
+            args.mode,
+            args.seeds,
+            ft,
+            probe_kwargs={"cache_dir": cache, **_probe_overrides(args, device)},
+            progress=not args.quiet,
+        )
     except (AudioMAEError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,11 +14,17 @@ log = logging.getLogger("audiomaepp.export_onnx")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-onnx", help="export front end + encoder to ONNX (waveform in, embeddings out)")
+    p = sub.add_parser(
+        "export-onnx", help="export front end + encoder to ONNX (waveform in, embeddings out)"
+    )
     p.add_argument("model_dir", help="model directory or Hugging Face Hub repo id")
     p.add_argument("out", help="output .onnx file")
-    p.add_argument("--layout", choices=["release", "time_major"], help="token layout (default: the model's)")
-    p.add_argument("--check", action="store_true", help="run the exported graph with onnxruntime and compare")
+    p.add_argument(
+        "--layout", choices=["release", "time_major"], help="token layout (default: the model's)"
+    )
+    p.add_argument(
+        "--check", action="store_true", help="run the exported graph with onnxruntime and compare"
+    )
     p.set_defaults(func=run)
 
 
@@ -33,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     embedder = Embedder.from_dir(args.model_dir, device="cpu", layout=args.layout, dtype="float32")
     path = export_onnx(embedder, args.out)
-    print(f"wrote {path} (layout {embedder.layout}, embedding size {embedder.scene_embedding_size})")
+    print(
+        f"wrote {path} (layout {embedder.layout}, embedding size {embedder.scene_embedding_size})"
+    )
     if args.check:
         err = check_onnx(embedder, path)
         print(f"onnxruntime vs PyTorch: max abs difference {err:.2e}")

@@ -9,9 +9,15 @@ from ..model import PRESETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="print a preset's or model directory's size, parameters and FLOPs")
-    p.add_argument("what", nargs="*", default=sorted(PRESETS, key=lambda n: PRESETS[n][2]),
-                   help="preset names or model directories (default: all presets)")
+    p = sub.add_parser(
+        "info", help="print a preset's or model directory's size, parameters and FLOPs"
+    )
+    p.add_argument(
+        "what",
+        nargs="*",
+        default=sorted(PRESETS, key=lambda n: PRESETS[n][2]),
+        help="preset names or model directories (default: all presets)",
+    )
     p.add_argument("--block", choices=["plusplus", "vanilla"], default="plusplus")
     p.set_defaults(func=run)
 
@@ -20,9 +26,15 @@ def run(args: argparse.Namespace) -> int:
     from ..model import AudioMAE, AudioMAEConfig
     from ..model.io import read_config
 
-    print(f"{'model':<24}{'block':<10}{'enc':>12}{'dec':>10}{'enc+patch M':>13}{'MAE M':>9}{'GFLOP/sample':>14}")
+    print(
+        f"{'model':<24}{'block':<10}{'enc':>12}{'dec':>10}{'enc+patch M':>13}{'MAE M':>9}{'GFLOP/sample':>14}"
+    )
     for item in args.what:
-        cfg = read_config(item) if Path(item).is_dir() else AudioMAEConfig.preset(item, block=args.block)
+        cfg = (
+            read_config(item)
+            if Path(item).is_dir()
+            else AudioMAEConfig.preset(item, block=args.block)
+        )
         with _meta_device():
             model = AudioMAE(cfg)
         print(

@@ -20,17 +20,26 @@ log = logging.getLogger("audiomaepp.predict")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="label audio files with a fine-tuned classifier",
-                       description=__doc__.split("\n\n", 1)[1])
+    p = sub.add_parser(
+        "predict",
+        help="label audio files with a fine-tuned classifier",
+        description=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("model_dir", help="classifier directory (RUN/best of audiomaepp finetune)")
-    p.add_argument("inputs", nargs="+", help="audio files, folders (recursive), globs or .txt lists")
+    p.add_argument(
+        "inputs", nargs="+", help="audio files, folders (recursive), globs or .txt lists"
+    )
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--top-k", type=int, default=5, help="labels with scores per row (default 5)")
     p.add_argument("--segments", action="store_true", help="also one row per 2-s window")
-    p.add_argument("--threshold", type=float, default=0.5, help="multilabel: scores >= this are predicted")
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="multilabel: scores >= this are predicted"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="2-s windows per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes (<= 1: in this process)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="decoding processes (<= 1: in this process)"
+    )
     p.set_defaults(func=run)
 
 
@@ -42,8 +51,16 @@ def decode_logmel(path: Path) -> np.ndarray:
     return clip_logmel(load_audio(path)).numpy()
 
 
-def _row(path: str, segment: str, start: float, end: float, predicted: list[str], scores: np.ndarray,
-         labels: tuple[str, ...], k: int) -> list[str]:
+def _row(
+    path: str,
+    segment: str,
+    start: float,
+    end: float,
+    predicted: list[str],
+    scores: np.ndarray,
+    labels: tuple[str, ...],
+    k: int,
+) -> list[str]:
     order = np.argsort(-scores, kind="stable")[:k]
     pairs = [x for c in order for x in (labels[c], f"{scores[c]:.4f}")]
     return [path, segment, f"{start:.2f}", f"{end:.2f}", ";".join(predicted), *pairs]
@@ -74,9 +91,13 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped: list[tuple[str, str]] = []
     done = 0
-    header = ["path", "segment", "start_s", "end_s", "predicted"] + [f"{w}_{i}" for i in range(1, k + 1)
-                                                                      for w in ("label", "score")]
-    with open(out, "w", newline="") as fh, tqdm(total=len(files), unit="file", desc="predict") as bar:
+    header = ["path", "segment", "start_s", "end_s", "predicted"] + [
+        f"{w}_{i}" for i in range(1, k + 1) for w in ("label", "score")
+    ]
+    with (
+        open(out, "w", newline="") as fh,
+        tqdm(total=len(files), unit="file", desc="predict") as bar,
+    ):
         writer = csv.writer(fh)
         writer.writerow(header)
         pending: list[tuple[Path, torch.Tensor, int]] = []
@@ -86,11 +107,20 @@ def run(args: argparse.Namespace) -> int:
             for (path, _, frames), seg in zip(pending, scores, strict=True):
                 pred = clf.prediction(seg, frames, args.threshold)
                 clip = np.array([pred.scores[lab] for lab in clf.labels])
-                writer.writerow(_row(str(path), "clip", 0.0, frames / 100.0, pred.labels, clip, clf.labels, k))
+                writer.writerow(
+                    _row(str(path), "clip", 0.0, frames / 100.0, pred.labels, clip, clf.labels, k)
+                )
                 if args.segments:
                     for i, (start, s) in enumerate(zip(pred.segment_starts, seg, strict=True)):
-                        top = [clf.labels[int(s.argmax())]] if clf.config.prediction_type == "multiclass" \
-                            else [lab for lab, v in zip(clf.labels, s, strict=True) if v >= args.threshold]
+                        top = (
+                            [clf.labels[int(s.argmax())]]
+                            if clf.config.prediction_type == "multiclass"
+                            else [
+                                lab
+                                for lab, v in zip(clf.labels, s, strict=True)
+                                if v >= args.threshold
+                            ]
+                        )
                         end = min(start + 2.0, max(frames / 100.0, 2.0))
                         writer.writerow(_row(str(path), str(i), start, end, top, s, clf.labels, k))
             pending.clear()
@@ -113,5 +143,7 @@ def run(args: argparse.Namespace) -> int:
         w = csv.writer(fh)
         w.writerow(["path", "reason"])
         w.writerows(skipped)
-    print(f"wrote {out}: {done} file(s) labelled, {len(skipped)} skipped (listed in {skipped_path})")
+    print(
+        f"wrote {out}: {done} file(s) labelled, {len(skipped)} skipped (listed in {skipped_path})"
+    )
     return 0 if done else 1

@@ -5,5 +5,13 @@ from .extractor import Embedder
 from .files import FileEmbedding, decode_file, embed_files
 from .layout import LAYOUTS, ChunkPlan, group_tokens, plan_chunks
 
-__all__ = ["Embedder", "FileEmbedding", "decode_file", "embed_files", "LAYOUTS", "ChunkPlan",
-           "group_tokens", "plan_chunks"]
+__all__ = [
+    "Embedder",
+    "FileEmbedding",
+    "decode_file",
+    "embed_files",
+    "LAYOUTS",
+    "ChunkPlan",
+    "group_tokens",
+    "plan_chunks",
+]

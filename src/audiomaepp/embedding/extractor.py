@@ -46,7 +46,9 @@ class _Clip:
     index: int
     plan: ChunkPlan
     encoded: int = 0  # chunks that went through the encoder
-    parts: list[torch.Tensor] = field(default_factory=list)  # (k, 50, 5D) pieces, when steps are wanted
+    parts: list[torch.Tensor] = field(
+        default_factory=list
+    )  # (k, 50, 5D) pieces, when steps are wanted
 
 
 class Embedder(nn.Module):
@@ -100,8 +102,15 @@ class Embedder(nn.Module):
 
     # ---- constructors ---------------------------------------------------------------------------
     @classmethod
-    def from_dir(cls, directory: str | Path, device: str | None = None, batch_size: int | None = None,
-                 layout: str | None = None, dtype: str = "auto", compile: bool | None = None) -> Embedder:
+    def from_dir(
+        cls,
+        directory: str | Path,
+        device: str | None = None,
+        batch_size: int | None = None,
+        layout: str | None = None,
+        dtype: str = "auto",
+        compile: bool | None = None,
+    ) -> Embedder:
         """An embedder over a model directory (``save_pretrained`` / ``convert-release`` output)
         or a Hugging Face Hub repo id (``owner/name``, fetched into the Hub cache)."""
         from ..export.hub import resolve_model_dir
@@ -113,18 +122,40 @@ class Embedder(nn.Module):
             name = str(directory).rsplit("/", 1)[-1]
         else:  # a finished run exports RUN_DIR/model: then the run's folder is the telling name
             name = local.parent.name if local.name == "model" else local.name
-        emb = cls(model, layout, batch_size, dtype, name=name, cache_key=f"{name}-{digest[:16]}",
-                  compile=compile)
+        emb = cls(
+            model,
+            layout,
+            batch_size,
+            dtype,
+            name=name,
+            cache_key=f"{name}-{digest[:16]}",
+            compile=compile,
+        )
         return emb.to(resolve_device(device))
 
     @classmethod
-    def random_init(cls, preset: str, seed: int = 0, device: str | None = None, batch_size: int | None = None,
-                    dtype: str = "auto", compile: bool | None = None, **overrides) -> Embedder:
+    def random_init(
+        cls,
+        preset: str,
+        seed: int = 0,
+        device: str | None = None,
+        batch_size: int | None = None,
+        dtype: str = "auto",
+        compile: bool | None = None,
+        **overrides,
+    ) -> Embedder:
         """A randomly initialised encoder of a preset: the 'no pretraining' baseline."""
         torch.manual_seed(seed)
         model = AudioMAE(AudioMAEConfig.preset(preset, **overrides))
-        emb = cls(model, None, batch_size, dtype, name=f"random-{preset}",
-                  cache_key=f"random-{preset}-seed{seed}-{_config_digest(model.config)}", compile=compile)
+        emb = cls(
+            model,
+            None,
+            batch_size,
+            dtype,
+            name=f"random-{preset}",
+            cache_key=f"random-{preset}-seed{seed}-{_config_digest(model.config)}",
+            compile=compile,
+        )
         return emb.to(resolve_device(device))
 
     @property
@@ -147,7 +178,9 @@ class Embedder(nn.Module):
     def timestamp_embeddings(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``audio`` ``(B, N)`` at 16 kHz -> embeddings ``(B, S, 5 D)`` and stamps ``(B, S)`` in ms,
         on the input's device."""
-        audio = check_waveform(audio, SAMPLE_RATE)  # the one finiteness check (one host sync) per call
+        audio = check_waveform(
+            audio, SAMPLE_RATE
+        )  # the one finiteness check (one host sync) per call
         steps = torch.stack([s for _, s in self._run(audio, want_steps=True, to_host=False)])
         stamps = self.plan(audio.shape[-1]).timestamps().to(audio.device).expand(len(steps), -1)
         return steps.to(audio.device), stamps.contiguous()
@@ -156,7 +189,9 @@ class Embedder(nn.Module):
     def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """``audio`` ``(B, N)`` at 16 kHz -> ``(B, 5 D)``: the mean of the timestamp embeddings."""
         audio = check_waveform(audio, SAMPLE_RATE)
-        return torch.stack([s for _, s in self._run(audio, want_steps=False, to_host=False)]).to(audio.device)
+        return torch.stack([s for _, s in self._run(audio, want_steps=False, to_host=False)]).to(
+            audio.device
+        )
 
     def embed(self, audio: Sequence[np.ndarray]) -> np.ndarray:
         """Scene embeddings of clips of any lengths (mono float32 16 kHz arrays): ``(n, 5 D)``."""
@@ -191,25 +226,35 @@ class Embedder(nn.Module):
         half = self.frontend.cfg.n_fft // 2
         if wav.numel() <= half:  # reflect padding needs more than half a window (as the front end)
             wav = torch.nn.functional.pad(wav, (0, half + 1 - wav.numel()))
-        padded = torch.nn.functional.pad(wav.reshape(1, 1, -1), (half, half), mode="reflect").reshape(-1)
+        padded = torch.nn.functional.pad(
+            wav.reshape(1, 1, -1), (half, half), mode="reflect"
+        ).reshape(-1)
         need = self.chunk_samples * (num_chunks - 1) + self.segment_samples
         padded = torch.nn.functional.pad(padded, (0, max(0, need - padded.numel())))
         return padded.unfold(0, self.segment_samples, self.chunk_samples)[:num_chunks]
 
-    def standardized_chunks(self, segments: torch.Tensor, plans: Sequence[ChunkPlan]) -> torch.Tensor:
+    def standardized_chunks(
+        self, segments: torch.Tensor, plans: Sequence[ChunkPlan]
+    ) -> torch.Tensor:
         """Segments of whole clips ``(sum C, 32 240)`` on the device -> encoder inputs
         ``(sum C, 1, 200, 80)``: log-mel in batches of ``batch_size`` (one STFT each), each clip
         standardised by its own statistics (unbiased std over its real frames), padding frames zero.
         """
         device = segments.device
-        lms = torch.cat([self.frontend.frames(s) for s in segments.split(self.batch_size)])  # (R, 200, 80)
+        lms = torch.cat(
+            [self.frontend.frames(s) for s in segments.split(self.batch_size)]
+        )  # (R, 200, 80)
         counts = self._small([p.num_chunks for p in plans], device)
         # output_size given: otherwise repeat_interleave reads the counts back (a host sync)
-        owner = torch.repeat_interleave(torch.arange(len(plans), device=device), counts, output_size=len(lms))  # (R,)
+        owner = torch.repeat_interleave(
+            torch.arange(len(plans), device=device), counts, output_size=len(lms)
+        )  # (R,)
         first = torch.cumsum(counts, 0) - counts  # each clip's first row
         chunk_no = torch.arange(len(owner), device=device) - first[owner]
         frames = self._small([p.frames for p in plans], device)
-        real = (chunk_no * CHUNK_FRAMES)[:, None] + torch.arange(CHUNK_FRAMES, device=device) < frames[owner, None]
+        real = (chunk_no * CHUNK_FRAMES)[:, None] + torch.arange(
+            CHUNK_FRAMES, device=device
+        ) < frames[owner, None]
         real = real[..., None].to(lms.dtype)  # (R, 200, 1): 1 on the clip's own frames
         n = frames.to(torch.float64) * lms.shape[-1]  # values per clip
         # two passes in float64, as torch.std does over the whole clip (no sum-of-squares cancellation)
@@ -244,7 +289,9 @@ class Embedder(nn.Module):
         for idx, clip in enumerate(clips):
             wav = torch.as_tensor(clip)
             if wav.ndim != 1 or wav.numel() == 0:
-                raise ValueError(f"clip {idx}: expected non-empty mono audio (N,), got shape {tuple(wav.shape)}")
+                raise ValueError(
+                    f"clip {idx}: expected non-empty mono audio (N,), got shape {tuple(wav.shape)}"
+                )
             plan = self.plan(wav.numel())
             group.append(_Clip(idx, plan))
             pieces.append(self.segments(wav.float(), plan.num_chunks))
@@ -286,7 +333,9 @@ class Embedder(nn.Module):
         return group_tokens(tokens.float(), self.layout, self.num_bands)
 
     # ---- the loop --------------------------------------------------------------------------------------
-    def _run(self, clips: Iterable, want_steps: bool, to_host: bool) -> Iterator[tuple[int, torch.Tensor]]:
+    def _run(
+        self, clips: Iterable, want_steps: bool, to_host: bool
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """Encode the chunks of all clips in shared batches; yield finished clips in input order."""
         open_clips: list[_Clip] = []  # clips with chunks not yet encoded or results not yet yielded
         queue: list[torch.Tensor] = []  # standardised chunks waiting for the encoder
@@ -304,7 +353,15 @@ class Embedder(nn.Module):
             steps = self.encode_chunks(chunks)  # (b, 50, 5D)
             keeps = []
             for clip in owners:  # steps of each row that survive trimming (host arithmetic)
-                keeps.append(max(0, min(self.steps_per_chunk, clip.plan.num_steps - clip.encoded * self.steps_per_chunk)))
+                keeps.append(
+                    max(
+                        0,
+                        min(
+                            self.steps_per_chunk,
+                            clip.plan.num_steps - clip.encoded * self.steps_per_chunk,
+                        ),
+                    )
+                )
                 clip.encoded += 1
             if want_steps:
                 start = 0
@@ -312,8 +369,13 @@ class Embedder(nn.Module):
                     clip.parts.append(steps[start : start + count])
                     start += count
                 return
-            valid = torch.arange(self.steps_per_chunk, device=steps.device) < self._small(keeps, steps.device)[:, None]
-            row_sums = (steps * valid[..., None]).sum(dim=1)  # (b, 5D): sum of each row's kept steps
+            valid = (
+                torch.arange(self.steps_per_chunk, device=steps.device)
+                < self._small(keeps, steps.device)[:, None]
+            )
+            row_sums = (steps * valid[..., None]).sum(
+                dim=1
+            )  # (b, 5D): sum of each row's kept steps
             base = open_clips[0].index
             slots = self._small([c.index - base for c in owners], steps.device)
             totals = totals.index_add_(0, slots, row_sums)
@@ -321,7 +383,10 @@ class Embedder(nn.Module):
         def finished() -> Iterator[tuple[int, torch.Tensor]]:
             nonlocal totals
             done = 0
-            while done < len(open_clips) and open_clips[done].encoded == open_clips[done].plan.num_chunks:
+            while (
+                done < len(open_clips)
+                and open_clips[done].encoded == open_clips[done].plan.num_chunks
+            ):
                 done += 1
             if not done:
                 return
@@ -370,8 +435,12 @@ def _to_host(results: list[torch.Tensor], clips: list[_Clip]) -> list[torch.Tens
     flat = torch.cat([r.reshape(-1, r.shape[-1]) for r in results]).cpu()  # (sum S or n, 5D)
     finite = torch.isfinite(flat).all(dim=1)
     if not bool(finite.all()):
-        bad = next(c.index for c, ok in zip(clips, finite.split(sizes), strict=True) if not bool(ok.all()))
-        raise InvalidAudioError(f"clip {bad}: its embedding is not finite (NaN or infinite samples?)")
+        bad = next(
+            c.index for c, ok in zip(clips, finite.split(sizes), strict=True) if not bool(ok.all())
+        )
+        raise InvalidAudioError(
+            f"clip {bad}: its embedding is not finite (NaN or infinite samples?)"
+        )
     parts = flat.split(sizes)
     return [p if r.ndim == 2 else p[0] for p, r in zip(parts, results, strict=True)]
 

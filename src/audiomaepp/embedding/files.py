@@ -74,9 +74,13 @@ def embed_files(
             yield FileEmbedding(r, paths[r], None, 0, failed.pop(r))
 
     if hasattr(embedder, "iter_embeddings"):
-        stream = ((pos, t.numpy()) for pos, t in embedder.iter_embeddings(clips(), timestamps=timestamps))
+        stream = (
+            (pos, t.numpy()) for pos, t in embedder.iter_embeddings(clips(), timestamps=timestamps)
+        )
     elif timestamps:
-        raise ValueError(f"embedder {getattr(embedder, 'name', embedder)!r} gives scene embeddings only")
+        raise ValueError(
+            f"embedder {getattr(embedder, 'name', embedder)!r} gives scene embeddings only"
+        )
     else:
         stream = _grouped(embedder.embed, clips())
     for pos, emb in stream:
@@ -86,7 +90,9 @@ def embed_files(
     yield from failures_before(len(paths))
 
 
-def _grouped(embed: Callable[[list[np.ndarray]], np.ndarray], clips: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+def _grouped(
+    embed: Callable[[list[np.ndarray]], np.ndarray], clips: Iterable[np.ndarray]
+) -> Iterator[tuple[int, np.ndarray]]:
     """``(position, vector)`` from an ``embed(list) -> (n, d)`` function called on groups of clips."""
     group: list[np.ndarray] = []
     done = 0

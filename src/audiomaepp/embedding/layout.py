@@ -44,7 +44,9 @@ class ChunkPlan:
             ts = i * self.duration_ms / self.num_steps
         else:
             frames_per_step = CHUNK_FRAMES / self.steps_per_chunk  # 4 frames = 40 ms
-            ts = (i * frames_per_step + (frames_per_step - 1) / 2) * HOP_MS  # centre of the 4 frames
+            ts = (
+                i * frames_per_step + (frames_per_step - 1) / 2
+            ) * HOP_MS  # centre of the 4 frames
         return ts.float()
 
 
@@ -74,5 +76,9 @@ def group_tokens(tokens: torch.Tensor, layout: str, num_bands: int = 5) -> torch
     steps = L // num_bands
     if layout == "release":
         # rearrange('b (f t) d -> b t (f d)', f=5) applied to a time-major sequence
-        return tokens.reshape(C, num_bands, steps, D).permute(0, 2, 1, 3).reshape(C, steps, num_bands * D)
+        return (
+            tokens.reshape(C, num_bands, steps, D)
+            .permute(0, 2, 1, 3)
+            .reshape(C, steps, num_bands * D)
+        )
     return tokens.reshape(C, steps, num_bands * D)  # token t*5+f -> step t, band f

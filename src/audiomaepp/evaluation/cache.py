@@ -52,7 +52,9 @@ def _paths(cache_dir: Path, embedder: ClipEmbedder, task: Task, split: str) -> t
     return folder / f"{split}.npy", folder / f"{split}.json"
 
 
-def _load(npy: Path, meta_path: Path, key: str, fingerprint: str, n: int, dim: int | None) -> np.ndarray | None:
+def _load(
+    npy: Path, meta_path: Path, key: str, fingerprint: str, n: int, dim: int | None
+) -> np.ndarray | None:
     if not (npy.is_file() and meta_path.is_file()):
         return None
     try:
@@ -63,7 +65,9 @@ def _load(npy: Path, meta_path: Path, key: str, fingerprint: str, n: int, dim: i
     except (OSError, ValueError) as exc:
         log.warning("ignoring unreadable embedding cache %s (%s)", npy, exc)
         return None
-    fits = emb.ndim == 2 and len(emb) == n and emb.dtype == np.float32 and dim in (None, emb.shape[1])
+    fits = (
+        emb.ndim == 2 and len(emb) == n and emb.dtype == np.float32 and dim in (None, emb.shape[1])
+    )
     return emb if fits else None
 
 
@@ -75,25 +79,38 @@ def _save(emb: np.ndarray, npy: Path, meta_path: Path, meta: dict) -> None:
     atomic_write_json(meta_path, meta)
 
 
-def _compute(embedder: ClipEmbedder, task: Task, split: str, workers: int, progress: bool) -> np.ndarray:
+def _compute(
+    embedder: ClipEmbedder, task: Task, split: str, workers: int, progress: bool
+) -> np.ndarray:
     """Decode and embed the split -> ``(n, d)`` float32, rows in ``task.files(split)`` order."""
     files = task.files(split)
     rows: list[np.ndarray] = []
-    bar = tqdm(total=len(files), desc=f"embed {embedder.name} / {task.name} / {split}",
-               unit="clip", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(files),
+        desc=f"embed {embedder.name} / {task.name} / {split}",
+        unit="clip",
+        disable=not progress,
+        leave=False,
+    )
     paths = [task.audio_path(split, f) for f in files]
-    for item in embed_files(embedder, paths, workers=workers, on_decoded=lambda _row: bar.update(1)):
+    for item in embed_files(
+        embedder, paths, workers=workers, on_decoded=lambda _row: bar.update(1)
+    ):
         if item.embedding is None:
             raise InvalidAudioError(f"task {task.name}, split {split}: {item.error}")
         rows.append(item.embedding)
     bar.close()
-    return _check_output(np.stack(rows) if rows else np.zeros((0, 0), np.float32), embedder, len(files))
+    return _check_output(
+        np.stack(rows) if rows else np.zeros((0, 0), np.float32), embedder, len(files)
+    )
 
 
 def _check_output(emb: np.ndarray, embedder: ClipEmbedder, n: int) -> np.ndarray:
     emb = np.asarray(emb)
     if emb.ndim != 2 or len(emb) != n:
-        raise EmbedderError(f"embedder {embedder.name}: expected ({n}, d) embeddings, got {emb.shape}")
+        raise EmbedderError(
+            f"embedder {embedder.name}: expected ({n}, d) embeddings, got {emb.shape}"
+        )
     if not np.isfinite(emb).all():
         raise EmbedderError(f"embedder {embedder.name}: produced NaN or infinite embeddings")
     return emb.astype(np.float32, copy=False)
@@ -116,13 +133,26 @@ def embed_split(
     npy, meta_path = _paths(Path(cache_dir), embedder, task, split)
     fingerprint = split_fingerprint(task, split)
     n = len(task.files(split))
-    emb = _load(npy, meta_path, embedder.cache_key, fingerprint, n, getattr(embedder, "embedding_size", None))
+    emb = _load(
+        npy,
+        meta_path,
+        embedder.cache_key,
+        fingerprint,
+        n,
+        getattr(embedder, "embedding_size", None),
+    )
     if emb is not None:
         log.debug("embedding cache hit %s", npy)
         return emb
     emb = _compute(embedder, task, split, workers, progress)
-    meta = {"cache_key": embedder.cache_key, "embedder": embedder.name, "task": task.name,
-            "task_dir": str(task.path.resolve()), "split": split, "shape": list(emb.shape),
-            "fingerprint": fingerprint}
+    meta = {
+        "cache_key": embedder.cache_key,
+        "embedder": embedder.name,
+        "task": task.name,
+        "task_dir": str(task.path.resolve()),
+        "split": split,
+        "shape": list(emb.shape),
+        "fingerprint": fingerprint,
+    }
     _save(emb, npy, meta_path, meta)
     return emb

@@ -115,4 +115,3 @@ def make_embedder(
     if layout is not None:
         kwargs["layout"] = layout
     return Embedder.from_dir(Path(spec) if Path(spec).is_dir() else spec, **kwargs)
-

@@ -88,7 +88,9 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     """Macro mean of :func:`average_precision` over all classes (absent ones count 0)."""
     scores, pos = _check(scores, targets)
-    return float(np.mean([average_precision(scores[:, c], pos[:, c]) for c in range(scores.shape[1])]))
+    return float(
+        np.mean([average_precision(scores[:, c], pos[:, c]) for c in range(scores.shape[1])])
+    )
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:

@@ -38,9 +38,21 @@ import torch.nn.functional as F
 
 from .metrics import compute_metrics
 
-__all__ = ["ProbeConfig", "ProbeData", "Member", "ProbeWeights", "FitResult", "ProbeResult",
-           "init_weights", "standardize", "predict", "fit_members", "grid_order", "select_dropout",
-           "probe_folds"]
+__all__ = [
+    "ProbeConfig",
+    "ProbeData",
+    "Member",
+    "ProbeWeights",
+    "FitResult",
+    "ProbeResult",
+    "init_weights",
+    "standardize",
+    "predict",
+    "fit_members",
+    "grid_order",
+    "select_dropout",
+    "probe_folds",
+]
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # torch.nn.BatchNorm1d defaults, as the kit uses them
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam defaults, as the kit uses them
@@ -70,7 +82,9 @@ class ProbeData:
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or self.y.ndim != 2 or len(self.x) != len(self.y):
-            raise ValueError(f"expected x (n, d) and y (n, C), got {self.x.shape} and {self.y.shape}")
+            raise ValueError(
+                f"expected x (n, d) and y (n, C), got {self.x.shape} and {self.y.shape}"
+            )
 
 
 @dataclass(frozen=True)
@@ -106,8 +120,9 @@ class ProbeWeights:
 
     @staticmethod
     def stack(members: list[ProbeWeights]) -> ProbeWeights:
-        return ProbeWeights(**{k: torch.stack([getattr(m, k) for m in members])
-                               for k in members[0].tensors()})
+        return ProbeWeights(
+            **{k: torch.stack([getattr(m, k) for m in members]) for k in members[0].tensors()}
+        )
 
 
 @dataclass
@@ -133,7 +148,9 @@ class ProbeResult:
     grid: dict[float, float]  # dropout -> validation score (the grid fold only; else one entry)
 
 
-def _linear(fan_in: int, fan_out: int, gain: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _linear(
+    fan_in: int, fan_out: int, gain: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``nn.Linear(fan_in, fan_out)`` then ``xavier_normal_(weight, gain)``, drawn from ``gen`` in
     the same order as the kit (so a generator seeded like ``torch.manual_seed`` gives its weights)."""
     w = torch.empty(fan_out, fan_in)
@@ -144,12 +161,22 @@ def _linear(fan_in: int, fan_out: int, gain: float, gen: torch.Generator) -> tup
     return w.t().contiguous(), b
 
 
-def init_weights(in_dim: int, num_classes: int, hidden_dim: int, gen: torch.Generator) -> ProbeWeights:
+def init_weights(
+    in_dim: int, num_classes: int, hidden_dim: int, gen: torch.Generator
+) -> ProbeWeights:
     """Initial weights of one probe, from ``gen`` (the kit's ``FullyConnectedPrediction`` order)."""
     w1, b1 = _linear(in_dim, hidden_dim, torch.nn.init.calculate_gain("linear"), gen)
     w2, b2 = _linear(hidden_dim, num_classes, torch.nn.init.calculate_gain("relu"), gen)
-    return ProbeWeights(w1, b1, torch.ones(hidden_dim), torch.zeros(hidden_dim), w2, b2,
-                        torch.zeros(hidden_dim), torch.ones(hidden_dim))
+    return ProbeWeights(
+        w1,
+        b1,
+        torch.ones(hidden_dim),
+        torch.zeros(hidden_dim),
+        w2,
+        b2,
+        torch.zeros(hidden_dim),
+        torch.ones(hidden_dim),
+    )
 
 
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -167,7 +194,9 @@ def _per_member_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ``torch.bmm`` picks its CPU kernel by batch size, so a member's product could change in the
     last bit with the size of the stack; separate products cannot."""
     lhs = [a] * len(b) if a.dim() == 2 else a.unbind(0)  # unbind: indexing's backward would
-    return torch.stack([x @ w for x, w in zip(lhs, b.unbind(0), strict=True)])  # zero-fill (M, ...) per member
+    return torch.stack(
+        [x @ w for x, w in zip(lhs, b.unbind(0), strict=True)]
+    )  # zero-fill (M, ...) per member
 
 
 def _hidden(w: ProbeWeights, x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +215,9 @@ def _logits_train(w: ProbeWeights, x: torch.Tensor, masks: torch.Tensor) -> torc
     with torch.no_grad():  # BatchNorm1d's running statistics use the unbiased variance
         w.running_mean.mul_(1 - BN_MOMENTUM).add_(mean[:, 0] * BN_MOMENTUM)
         w.running_var.mul_(1 - BN_MOMENTUM).add_(var[:, 0] * (n / (n - 1)) * BN_MOMENTUM)
-    return _per_member_mm(torch.relu(h * masks), w.w2) + w.b2[:, None, :]  # BN -> Dropout -> ReLU -> Linear
+    return (
+        _per_member_mm(torch.relu(h * masks), w.w2) + w.b2[:, None, :]
+    )  # BN -> Dropout -> ReLU -> Linear
 
 
 @torch.no_grad()
@@ -213,8 +244,9 @@ def _probabilities(logits: torch.Tensor, prediction_type: str) -> np.ndarray:
     return np.stack([act(logits[m]).double().cpu().numpy() for m in range(len(logits))])
 
 
-def predict(weights: ProbeWeights, x: np.ndarray | torch.Tensor, prediction_type: str,
-            chunk: int = 8192) -> np.ndarray:
+def predict(
+    weights: ProbeWeights, x: np.ndarray | torch.Tensor, prediction_type: str, chunk: int = 8192
+) -> np.ndarray:
     """Class probabilities ``(n, C)`` of one member's weights (eval mode)."""
     w = ProbeWeights.stack([weights])
     x = torch.as_tensor(x, device=w.w1.device)
@@ -254,19 +286,30 @@ class _Adam:
 def _batches(n: int, batch_size: int) -> list[slice]:
     """The kit's unshuffled DataLoader batches; a last batch of one example is dropped, because
     BatchNorm cannot train on it (the kit would raise there)."""
-    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size) if min(i + batch_size, n) - i > 1]
+    return [
+        slice(i, min(i + batch_size, n))
+        for i in range(0, n, batch_size)
+        if min(i + batch_size, n) - i > 1
+    ]
 
 
 def fit_members(
-    train: ProbeData, valid: ProbeData, prediction_type: str, metric: str,
-    members: list[Member], cfg: ProbeConfig = ProbeConfig(),
+    train: ProbeData,
+    valid: ProbeData,
+    prediction_type: str,
+    metric: str,
+    members: list[Member],
+    cfg: ProbeConfig = ProbeConfig(),
 ) -> list[FitResult]:
     """Train every member's probe with early stopping on ``metric``; one result per member, each
     holding its best-validation weights. Inputs are used as given (standardise beforehand if wanted)."""
     if not members:
         return []
     device = torch.device(cfg.device)
-    x, y = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device) for a in (train.x, train.y))
+    x, y = (
+        torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+        for a in (train.x, train.y)
+    )
     xv = torch.from_numpy(np.ascontiguousarray(valid.x, dtype=np.float32)).to(device)
     gens = [torch.Generator().manual_seed(m.seed) for m in members]  # init, then dropout masks
     w = ProbeWeights.stack([init_weights(x.shape[1], y.shape[1], cfg.hidden_dim, g) for g in gens])
@@ -282,10 +325,16 @@ def fit_members(
     epoch = 0
     for epoch in range(1, cfg.max_epochs + 1):
         for sl in batches:
-            masks = torch.stack([_dropout_mask(sl.stop - sl.start, cfg.hidden_dim, members[i].dropout, gens[i])
-                                 for i in active]).to(device)
+            masks = torch.stack(
+                [
+                    _dropout_mask(sl.stop - sl.start, cfg.hidden_dim, members[i].dropout, gens[i])
+                    for i in active
+                ]
+            ).to(device)
             logits = _logits_train(w, x[sl], masks)
-            loss = torch.stack([_member_loss(z, y[sl], prediction_type) for z in logits.unbind(0)]).sum()
+            loss = torch.stack(
+                [_member_loss(z, y[sl], prediction_type) for z in logits.unbind(0)]
+            ).sum()
             loss.backward()  # the sum's gradient is 1 for every member: members stay independent
             opt.step()
         # Lightning validates after epochs 3, 6, ...; a run shorter than one interval checks at its end
@@ -301,7 +350,9 @@ def fit_members(
                 waited[i] = 0 if math.isfinite(score) else waited[i]
             else:
                 waited[i] += 1
-            done = not math.isfinite(score) or waited[i] >= cfg.patience  # EarlyStopping, check_finite
+            done = (
+                not math.isfinite(score) or waited[i] >= cfg.patience
+            )  # EarlyStopping, check_finite
             if done:
                 stopped[i] = epoch
             else:
@@ -313,7 +364,9 @@ def fit_members(
             active = [active[r] for r in keep]
     for i in active:
         stopped[i] = epoch
-    return [FitResult(m, best[i], best_epoch[i], stopped[i], best_w[i]) for i, m in enumerate(members)]
+    return [
+        FitResult(m, best[i], best_epoch[i], stopped[i], best_w[i]) for i, m in enumerate(members)
+    ]
 
 
 def _dropout_mask(n: int, hidden: int, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -348,8 +401,11 @@ def select_dropout(scores: dict[float, float], dropouts: tuple[float, ...], seed
 
 
 def probe_folds(
-    folds: list[tuple[ProbeData, ProbeData, ProbeData]], prediction_type: str,
-    metrics: tuple[str, ...] | list[str], seeds: list[int], cfg: ProbeConfig = ProbeConfig(),
+    folds: list[tuple[ProbeData, ProbeData, ProbeData]],
+    prediction_type: str,
+    metrics: tuple[str, ...] | list[str],
+    seeds: list[int],
+    cfg: ProbeConfig = ProbeConfig(),
 ) -> list[list[ProbeResult]]:
     """All seeds of one task: ``result[seed_index][fold_index]``.
 
@@ -362,7 +418,9 @@ def probe_folds(
     for f, (train, valid, test) in enumerate(folds):
         if cfg.standardize:
             xs = standardize(train.x, valid.x, test.x)
-            train, valid, test = (ProbeData(a, d.y) for a, d in zip(xs, (train, valid, test), strict=True))
+            train, valid, test = (
+                ProbeData(a, d.y) for a, d in zip(xs, (train, valid, test), strict=True)
+            )
         if f == 0:
             members = [Member(s, p) for s in seeds for p in cfg.dropouts]
         else:
@@ -375,7 +433,13 @@ def probe_folds(
                 chosen.append(select_dropout(grid, cfg.dropouts, s))
         for k, (s, p) in enumerate(zip(seeds, chosen, strict=True)):
             r = by_member[(s, p)]
-            scores = compute_metrics(list(metrics), predict(r.weights, test.x, prediction_type), test.y)
-            grid = {q: by_member[(s, q)].valid_score for q in cfg.dropouts} if f == 0 else {p: r.valid_score}
+            scores = compute_metrics(
+                list(metrics), predict(r.weights, test.x, prediction_type), test.y
+            )
+            grid = (
+                {q: by_member[(s, q)].valid_score for q in cfg.dropouts}
+                if f == 0
+                else {p: r.valid_score}
+            )
             out[k].append(ProbeResult(p, r.valid_score, r.best_epoch, r.epochs, scores, grid))
     return out

@@ -43,46 +43,103 @@ def format_cell(mean: float, ci: float, metric: str) -> str:
 def markdown_table(result: EvaluationResult) -> str:
     """The Table-2-style Markdown table plus a legend line naming metrics and seed count."""
     header = ["Model", *result.tasks, SCORE_COLUMN]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
+    ]
     for m in result.models:
-        cells = [format_cell(*result.results[m][t].summary(), result.results[m][t].primary_metric)
-                 for t in result.tasks]
+        cells = [
+            format_cell(*result.results[m][t].summary(), result.results[m][t].primary_metric)
+            for t in result.tasks
+        ]
         lines.append("| " + " | ".join([m, *cells, f"{result.normalized[m]:.1f}"]) + " |")
     first = result.results[result.models[0]]
     metrics = ", ".join(f"{t}: {first[t].primary_metric}" for t in result.tasks)
     n = len(result.config.get("seeds", first[result.tasks[0]].seeds))
-    unit = "in percent" if all(first[t].primary_metric in PERCENT_METRICS for t in result.tasks) \
+    unit = (
+        "in percent"
+        if all(first[t].primary_metric in PERCENT_METRICS for t in result.tasks)
         else "in percent except d_prime"
-    lines += ["", f"Cells: mean ± 95 % CI over {n} seed(s), {unit} ({metrics}). "
-              f"{SCORE_COLUMN}: normalized score over the {len(result.tasks)} task(s) and "
-              f"{len(result.models)} model(s) compared."]
+    )
+    lines += [
+        "",
+        f"Cells: mean ± 95 % CI over {n} seed(s), {unit} ({metrics}). "
+        f"{SCORE_COLUMN}: normalized score over the {len(result.tasks)} task(s) and "
+        f"{len(result.models)} model(s) compared.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _write_summary_csv(result: EvaluationResult, path: Path) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "task", "metric", "mean", "ci95", "n_seeds", "embedding_dim", "normalized_score"])
+        w.writerow(
+            [
+                "model",
+                "task",
+                "metric",
+                "mean",
+                "ci95",
+                "n_seeds",
+                "embedding_dim",
+                "normalized_score",
+            ]
+        )
         for m in result.models:
             for t in result.tasks:
                 r = result.results[m][t]
-                w.writerow([m, t, r.primary_metric, *r.summary(), len(r.seeds), r.embedding_dim,
-                            result.normalized[m]])
+                w.writerow(
+                    [
+                        m,
+                        t,
+                        r.primary_metric,
+                        *r.summary(),
+                        len(r.seeds),
+                        r.embedding_dim,
+                        result.normalized[m],
+                    ]
+                )
 
 
 def _write_scores_csv(result: EvaluationResult, path: Path) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "task", "seed", "fold", "valid_fold", "dropout", "best_epoch",
-                    "epochs", "valid_score", "metric", "value"])
+        w.writerow(
+            [
+                "model",
+                "task",
+                "seed",
+                "fold",
+                "valid_fold",
+                "dropout",
+                "best_epoch",
+                "epochs",
+                "valid_score",
+                "metric",
+                "value",
+            ]
+        )
         for m in result.models:
             for t in result.tasks:
                 r = result.results[m][t]
                 for seed, folds in zip(r.seeds, r.runs, strict=True):
                     for f in folds:
                         for metric, value in f.test.items():
-                            w.writerow([m, t, seed, f.fold, f.valid, f.dropout, f.best_epoch,
-                                        f.epochs, f.valid_score, metric, value])
+                            w.writerow(
+                                [
+                                    m,
+                                    t,
+                                    seed,
+                                    f.fold,
+                                    f.valid,
+                                    f.dropout,
+                                    f.best_epoch,
+                                    f.epochs,
+                                    f.valid_score,
+                                    metric,
+                                    value,
+                                ]
+                            )
 
 
 def _write_png(result: EvaluationResult, path: Path) -> None:
@@ -101,7 +158,9 @@ def _write_png(result: EvaluationResult, path: Path) -> None:
         k = [_scale(result.results[m][t].primary_metric) for t in result.tasks]
         means = [s[0] * s_k for s, s_k in zip(stats, k, strict=True)]
         cis = [0.0 if math.isnan(s[1]) else s[1] * s_k for s, s_k in zip(stats, k, strict=True)]
-        ax.bar(np.arange(n_t) + (i - (n_m - 1) / 2) * width, means, width, yerr=cis, capsize=3, label=m)
+        ax.bar(
+            np.arange(n_t) + (i - (n_m - 1) / 2) * width, means, width, yerr=cis, capsize=3, label=m
+        )
         ax_s.bar(i, result.normalized[m], 0.8, color=f"C{i}")
     ax.set_xticks(np.arange(n_t), result.tasks, rotation=30, ha="right")
     ax.set_ylabel("primary metric (%)")
@@ -129,9 +188,16 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
     """Write ``results.md``, ``summary.csv``, ``scores.csv``, ``results.json``, ``results.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / name for k, name in [("md", "results.md"), ("summary_csv", "summary.csv"),
-                                           ("scores_csv", "scores.csv"), ("json", "results.json"),
-                                           ("png", "results.png")]}
+    paths = {
+        k: out / name
+        for k, name in [
+            ("md", "results.md"),
+            ("summary_csv", "summary.csv"),
+            ("scores_csv", "scores.csv"),
+            ("json", "results.json"),
+            ("png", "results.png"),
+        ]
+    }
     paths["md"].write_text(markdown_table(result))
     _write_summary_csv(result, paths["summary_csv"])
     _write_scores_csv(result, paths["scores_csv"])

@@ -26,7 +26,14 @@ from .probe import ProbeConfig, ProbeData, probe_folds
 from .stats import mean_ci, normalized_scores
 from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task
 
-__all__ = ["FoldRun", "TaskResult", "EvaluationResult", "run_evaluation", "evaluate_task", "probe_task"]
+__all__ = [
+    "FoldRun",
+    "TaskResult",
+    "EvaluationResult",
+    "run_evaluation",
+    "evaluate_task",
+    "probe_task",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +98,29 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with every number (per seed and fold too)."""
-        out: dict[str, Any] = {"models": self.models, "tasks": self.tasks,
-                               "normalized_score": self.normalized, "config": self.config,
-                               "results": {}}
+        out: dict[str, Any] = {
+            "models": self.models,
+            "tasks": self.tasks,
+            "normalized_score": self.normalized,
+            "config": self.config,
+            "results": {},
+        }
         for m in self.models:
             out["results"][m] = {}
             for t in self.tasks:
                 r = self.results[m][t]
                 mean, ci = r.summary()
                 out["results"][m][t] = {
-                    "primary_metric": r.primary_metric, "mean": mean, "ci95": ci,
-                    "seed_scores": r.seed_scores(), "seeds": r.seeds,
-                    "metrics": {k: dict(zip(("mean", "ci95"), r.summary(k), strict=True))
-                                for k in r.metrics},
-                    "embedding_dim": r.embedding_dim, "prediction_type": r.prediction_type,
+                    "primary_metric": r.primary_metric,
+                    "mean": mean,
+                    "ci95": ci,
+                    "seed_scores": r.seed_scores(),
+                    "seeds": r.seeds,
+                    "metrics": {
+                        k: dict(zip(("mean", "ci95"), r.summary(k), strict=True)) for k in r.metrics
+                    },
+                    "embedding_dim": r.embedding_dim,
+                    "prediction_type": r.prediction_type,
                     "split_mode": r.split_mode,
                     "runs": [[dataclasses.asdict(f) for f in folds] for folds in r.runs],
                 }
@@ -113,16 +129,27 @@ class EvaluationResult:
 
 def _fold_data(task: Task, fold: Fold, emb: dict[str, np.ndarray], ys: dict[str, np.ndarray]):
     """Stack the training splits; return ``(train, valid, test)`` :class:`ProbeData`."""
-    train = ProbeData(np.concatenate([emb[s] for s in fold.train]),
-                      np.concatenate([ys[s] for s in fold.train]))
-    return train, ProbeData(emb[fold.valid], ys[fold.valid]), ProbeData(emb[fold.test], ys[fold.test])
+    train = ProbeData(
+        np.concatenate([emb[s] for s in fold.train]), np.concatenate([ys[s] for s in fold.train])
+    )
+    return (
+        train,
+        ProbeData(emb[fold.valid], ys[fold.valid]),
+        ProbeData(emb[fold.test], ys[fold.test]),
+    )
 
 
-def _embed_task(embedder: ClipEmbedder, task: Task, cache_dir, progress: bool) -> dict[str, np.ndarray]:
-    emb = {s: embed_split(embedder, task, s, cache_dir, progress=progress) for s in task.split_names}
+def _embed_task(
+    embedder: ClipEmbedder, task: Task, cache_dir, progress: bool
+) -> dict[str, np.ndarray]:
+    emb = {
+        s: embed_split(embedder, task, s, cache_dir, progress=progress) for s in task.split_names
+    }
     dims = {e.shape[1] for e in emb.values()}
     if len(dims) != 1:
-        raise EmbedderError(f"embedder {embedder.name}: different sizes {dims} across splits of {task.name}")
+        raise EmbedderError(
+            f"embedder {embedder.name}: different sizes {dims} across splits of {task.name}"
+        )
     return emb
 
 
@@ -159,12 +186,25 @@ def probe_task(
     folds = task.folds()
     data = [_fold_data(task, f, embeddings, ys) for f in folds]
     per_seed = probe_folds(data, task.prediction_type, task.metrics, list(seeds), cfg)
-    runs = [[FoldRun(fold.test, fold.valid, p.dropout, p.valid_score, p.best_epoch, p.epochs, p.test)
-             for fold, p in zip(folds, row, strict=True)] for row in per_seed]
+    runs = [
+        [
+            FoldRun(fold.test, fold.valid, p.dropout, p.valid_score, p.best_epoch, p.epochs, p.test)
+            for fold, p in zip(folds, row, strict=True)
+        ]
+        for row in per_seed
+    ]
     if bar is not None:
         bar.update(len(seeds) * len(folds))
-    return TaskResult(model, task.name, task.metrics, list(seeds), runs,
-                      next(iter(embeddings.values())).shape[1], task.prediction_type, task.split_mode)
+    return TaskResult(
+        model,
+        task.name,
+        task.metrics,
+        list(seeds),
+        runs,
+        next(iter(embeddings.values())).shape[1],
+        task.prediction_type,
+        task.split_mode,
+    )
 
 
 def _unique_names(embedders: list[ClipEmbedder]) -> list[str]:
@@ -222,14 +262,22 @@ def run_evaluation(
                 r = evaluate_task(emb, task, seed_list, cfg, cache_dir, progress, bar)
                 r.model = name
                 results[name][task.name] = r
-                log.info("%s on %s: %s = %.4f ± %.4f", name, task.name, r.primary_metric, r.mean, r.ci)
+                log.info(
+                    "%s on %s: %s = %.4f ± %.4f", name, task.name, r.primary_metric, r.mean, r.ci
+                )
     task_names = [t.name for t in tasks]
     table = {m: {t: results[m][t].mean for t in task_names} for m in names}
-    config = {"seeds": seed_list, "probe": dataclasses.asdict(cfg), "audiomaepp": __version__,
-              "tasks": {t.name: str(t.path) for t in tasks},
-              "embedders": {n: e.cache_key for n, e in zip(names, embs, strict=True)},
-              "seconds": round(time.time() - start, 1)}
-    result = EvaluationResult(names, task_names, results, normalized_scores(table, task_names), config)
+    config = {
+        "seeds": seed_list,
+        "probe": dataclasses.asdict(cfg),
+        "audiomaepp": __version__,
+        "tasks": {t.name: str(t.path) for t in tasks},
+        "embedders": {n: e.cache_key for n, e in zip(names, embs, strict=True)},
+        "seconds": round(time.time() - start, 1),
+    }
+    result = EvaluationResult(
+        names, task_names, results, normalized_scores(table, task_names), config
+    )
     if out_dir is not None:
         from .report import write_report
 

@@ -49,8 +49,7 @@ def betainc(a: float, b: float, x: float) -> float:
     if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below this point
         return 1.0 - betainc(b, a, 1.0 - x)
     log_front = (
-        a * math.log(x) + b * math.log1p(-x)
-        + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+        a * math.log(x) + b * math.log1p(-x) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
     )
     return math.exp(log_front) / a / _beta_cf(a, b, x)
 

@@ -141,7 +141,9 @@ def _check_metadata(meta: Any, path: Path) -> None:
             f"{path}: prediction_type {meta['prediction_type']!r} is not one of {PREDICTION_TYPES}"
         )
     if meta["split_mode"] not in SPLIT_MODES:
-        raise TaskFormatError(f"{path}: split_mode {meta['split_mode']!r} is not one of {SPLIT_MODES}")
+        raise TaskFormatError(
+            f"{path}: split_mode {meta['split_mode']!r} is not one of {SPLIT_MODES}"
+        )
     ev = meta["evaluation"]
     if not isinstance(ev, list) or not ev or not all(isinstance(m, str) for m in ev):
         raise TaskFormatError(f"{path}: evaluation must be a non-empty list of metric names")
@@ -204,9 +206,7 @@ def _check_file_name(file: str, path: Path) -> None:
         )
 
 
-def _read_split(
-    path: Path, vocab: set[str], prediction_type: str
-) -> dict[str, tuple[str, ...]]:
+def _read_split(path: Path, vocab: set[str], prediction_type: str) -> dict[str, tuple[str, ...]]:
     """``<split>.json`` -> {file: labels} sorted by file name; labels are compared as strings."""
     data = _read_json(path)
     if not isinstance(data, dict) or not data:
@@ -232,7 +232,9 @@ def _read_split(
 def _check_audio(task: Task) -> None:
     """Fail early (before hours of embedding) when audio files listed in the splits are missing."""
     missing = [
-        task.audio_path(split, f) for split in task.splits for f in task.splits[split]
+        task.audio_path(split, f)
+        for split in task.splits
+        for f in task.splits[split]
         if not task.audio_path(split, f).is_file()
     ]
     if missing:
@@ -285,8 +287,10 @@ def find_task_dirs(paths: list[str | Path]) -> list[Path]:
         elif p.is_dir():
             subs = sorted(d for d in p.iterdir() if (d / METADATA_FILE).is_file())
             if not subs:
-                raise TaskFormatError(f"{p}: neither a task folder nor a folder of task folders "
-                                      f"(no {METADATA_FILE} found)")
+                raise TaskFormatError(
+                    f"{p}: neither a task folder nor a folder of task folders "
+                    f"(no {METADATA_FILE} found)"
+                )
             found += subs
         else:
             raise TaskFormatError(f"{p}: no such task folder")

@@ -30,12 +30,18 @@ def resolve_model_dir(name_or_path: str | Path, revision: str | None = None) -> 
         return path.resolve()
     text = str(name_or_path)
     if not REPO_ID.match(text) or path.exists():
-        raise CheckpointError(f"{text}: not a model directory (and not a Hub repo id like owner/name)")
+        raise CheckpointError(
+            f"{text}: not a model directory (and not a Hub repo id like owner/name)"
+        )
     from huggingface_hub import snapshot_download
 
     try:
-        local = snapshot_download(text, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME],
-                                  library_name="audiomaepp")
+        local = snapshot_download(
+            text,
+            revision=revision,
+            allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME],
+            library_name="audiomaepp",
+        )
     except Exception as exc:  # offline without a cached copy, unknown repo, no network, ...
         raise CheckpointError(
             f"{text}: no such local folder, and the Hugging Face Hub repo could not be fetched "
@@ -87,8 +93,15 @@ audiomaepp export-onnx {repo_id} model.onnx
 """
 
 
-def push_to_hub(model: torch.nn.Module, repo_id: str, *, private: bool = False, token: str | None = None,
-                commit_message: str = "Upload AudioMAE++ model", revision: str | None = None) -> str:
+def push_to_hub(
+    model: torch.nn.Module,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload AudioMAE++ model",
+    revision: str | None = None,
+) -> str:
     """Write ``model`` as a model directory with a model card and upload it to ``repo_id``
     (created if needed). Returns the commit URL."""
     from huggingface_hub import HfApi
@@ -100,6 +113,7 @@ def push_to_hub(model: torch.nn.Module, repo_id: str, *, private: bool = False, 
         save_pretrained(model, tmp)
         (Path(tmp) / CARD_NAME).write_text(model_card(model, repo_id))
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
-                                 revision=revision)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision
+        )
     return str(getattr(info, "commit_url", info))

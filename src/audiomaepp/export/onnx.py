@@ -50,12 +50,16 @@ class WaveformEmbedder(nn.Module):
         self.num_bands = embedder.num_bands
         self.steps_per_chunk = embedder.steps_per_chunk
         self.encoder = embedder.encoder
-        self.register_buffer("basis", dft_basis(cfg.n_fft, embedder.frontend.window.cpu()), persistent=False)
+        self.register_buffer(
+            "basis", dft_basis(cfg.n_fft, embedder.frontend.window.cpu()), persistent=False
+        )
         self.register_buffer("fbank", embedder.frontend.fbank.cpu().clone(), persistent=False)
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` -> ``(B, T, 80)``, ``T = 1 + N // 160`` (centred, reflect padding)."""
-        padded = nn.functional.pad(wav.unsqueeze(1), (self.n_fft // 2, self.n_fft // 2), mode="reflect")
+        padded = nn.functional.pad(
+            wav.unsqueeze(1), (self.n_fft // 2, self.n_fft // 2), mode="reflect"
+        )
         spec = nn.functional.conv1d(padded, self.basis, stride=self.hop)  # (B, 2 * 201, T)
         bins = self.n_fft // 2 + 1
         power = spec[:, :bins].pow(2) + spec[:, bins:].pow(2)  # (B, 201, T)
@@ -74,7 +78,9 @@ class WaveformEmbedder(nn.Module):
             pad = (CHUNK_FRAMES - frames % CHUNK_FRAMES) % CHUNK_FRAMES
         lms = nn.functional.pad(lms, (0, 0, 0, pad))
         chunks = (frames + pad) // CHUNK_FRAMES
-        tokens = self.encoder(lms.reshape(B * chunks, 1, CHUNK_FRAMES, lms.shape[-1]))[:, 1:]  # (B C, 250, D)
+        tokens = self.encoder(lms.reshape(B * chunks, 1, CHUNK_FRAMES, lms.shape[-1]))[
+            :, 1:
+        ]  # (B C, 250, D)
         D = tokens.shape[-1]
         steps_all = self.steps_per_chunk
         if self.layout == "release":  # 'b (f t) d -> b t (f d)' on a time-major sequence
@@ -98,7 +104,9 @@ class WaveformEmbedder(nn.Module):
             keep = by_frames
             stamps = torch.arange(keep, dtype=torch.float32) * (N / 16.0) / keep
         else:
-            by_time = (N - 240) // 640 + 1  # steps whose centre (15 ms + 40 ms i) is inside the clip
+            by_time = (
+                N - 240
+            ) // 640 + 1  # steps whose centre (15 ms + 40 ms i) is inside the clip
             keep = torch.sym_max(1, torch.sym_min(by_frames, by_time))
             centre = (frames_per_step - 1) / 2 * 10.0
             stamps = torch.arange(keep, dtype=torch.float32) * (frames_per_step * 10.0) + centre
@@ -115,14 +123,21 @@ def export_onnx(embedder: Embedder, out: str | Path, example_seconds: float = 3.
     samples = torch.export.Dim("samples", min=MIN_SAMPLES, max=16000 * 3600 * 4)
     with torch.no_grad():
         torch.onnx.export(
-            module, (example,), str(out), dynamo=True, opset_version=OPSET,
-            input_names=["waveform"], output_names=["scene", "embeddings", "timestamps"],
+            module,
+            (example,),
+            str(out),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["waveform"],
+            output_names=["scene", "embeddings", "timestamps"],
             dynamic_shapes={"waveform": {0: batch, 1: samples}},
         )
     return out
 
 
-def check_onnx(embedder: Embedder, path: str | Path, seconds: tuple[float, ...] = (1.0, 4.3)) -> float:
+def check_onnx(
+    embedder: Embedder, path: str | Path, seconds: tuple[float, ...] = (1.0, 4.3)
+) -> float:
     """Run the exported graph with onnxruntime (CPU) on noise clips of the given lengths (batch 2)
     and return the largest absolute difference from the embedder's own outputs."""
     import numpy as np
@@ -137,7 +152,9 @@ def check_onnx(embedder: Embedder, path: str | Path, seconds: tuple[float, ...] 
         ref_emb, ref_stamps = embedder.timestamp_embeddings(wav.to(embedder.device))
         ref_scene = embedder.scene_embeddings(wav.to(embedder.device))
         if emb.shape != tuple(ref_emb.shape):
-            raise RuntimeError(f"{path}: {sec} s gives embeddings {emb.shape}, PyTorch {tuple(ref_emb.shape)}")
+            raise RuntimeError(
+                f"{path}: {sec} s gives embeddings {emb.shape}, PyTorch {tuple(ref_emb.shape)}"
+            )
         for got, ref in ((scene, ref_scene), (emb, ref_emb)):
             worst = max(worst, float(np.abs(got - ref.cpu().numpy()).max()))
         if not np.allclose(stamps, ref_stamps.cpu().numpy(), rtol=0, atol=1e-2):  # ms

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 
-def spec_augment(lms: torch.Tensor, rng: np.random.Generator, freq_mask: int, time_mask: int) -> torch.Tensor:
+def spec_augment(
+    lms: torch.Tensor, rng: np.random.Generator, freq_mask: int, time_mask: int
+) -> torch.Tensor:
     """One frequency band of width ``U[0, freq_mask]`` and one time span of ``U[0, time_mask]`` set to 0.
 
     ``lms`` ``(T, F)``; returns a new tensor (torchaudio's ``FrequencyMasking`` / ``TimeMasking``

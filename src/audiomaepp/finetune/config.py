@@ -26,11 +26,17 @@ class FinetuneConfig(RecipeConfig):
 
     # ---- what -----------------------------------------------------------------------------------
     model: str = ""  # a model directory (ours or convert-release output) or "random:<preset>"
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # AudioMAEConfig fields for random:<preset>
+    model_overrides: dict[str, Any] = field(
+        default_factory=dict
+    )  # AudioMAEConfig fields for random:<preset>
     task: str = ""  # a HEAR task folder or a CSV manifest (path,labels[,split])
     out_dir: str = "runs/finetune"  # run folder: per-fold runs, report.{md,json}, PNGs
-    prediction_type: str | None = None  # None: the task's (CSV: multilabel if any row has 2+ labels)
-    folds: list[str] | None = None  # k-fold tasks: the test folds to run (None: all, as HEAR scores)
+    prediction_type: str | None = (
+        None  # None: the task's (CSV: multilabel if any row has 2+ labels)
+    )
+    folds: list[str] | None = (
+        None  # k-fold tasks: the test folds to run (None: all, as HEAR scores)
+    )
     # ---- model --------------------------------------------------------------------------------------
     pooling: str = "mean"  # mean of the patch tokens (MAE's global_pool, better than cls for audio)
     linear_probe: bool = False  # freeze the encoder, train the head only
@@ -39,26 +45,38 @@ class FinetuneConfig(RecipeConfig):
     epochs: int = 50  # MAE's fine-tuning length; small audio sets (ESC-50 folds) converge by then
     warmup_epochs: float = 5.0  # MAE: 5 linear warm-up epochs
     max_steps: int | None = None  # overrides epochs (short runs, tests)
-    stop_after: int | None = None  # stop (checkpoint, exit) after this step; the schedule is unchanged
+    stop_after: int | None = (
+        None  # stop (checkpoint, exit) after this step; the schedule is unchanged
+    )
     batch_size: int = 64  # GLOBAL batch: small sets (ESC-50: 1 600 training clips) need many steps
     per_device_batch: int | None = None  # None: batch_size // devices (no accumulation)
     blr: float = 1e-3  # MAE's fine-tuning base lr per 256 samples
     lr: float | None = None  # absolute peak lr; None: blr * batch_size / 256
     min_lr: float = 1e-6  # MAE: the cosine ends at 1e-6
-    layer_decay: float = 0.75  # block i of L gets lr * 0.75^(L - i); the head the full lr (BEiT / MAE)
+    layer_decay: float = (
+        0.75  # block i of L gets lr * 0.75^(L - i); the head the full lr (BEiT / MAE)
+    )
     weight_decay: float = 0.05  # AdamW decay on matrices only
     betas: tuple[float, float] = (0.9, 0.999)  # MAE fine-tuning uses AdamW's default betas
     clip_grad: float | None = None  # MAE fine-tunes without clipping
     samples_per_epoch: int | None = None  # None: one crop per training clip per epoch
     # ---- loss and augmentation -------------------------------------------------------------------------
-    label_smoothing: float = 0.1  # multiclass cross-entropy (MAE: 0.1); multilabel BCE is unsmoothed
-    mixup: float = 0.5  # probability that a training crop is mixed with another (AudioMAE / AST: 0.5)
+    label_smoothing: float = (
+        0.1  # multiclass cross-entropy (MAE: 0.1); multilabel BCE is unsmoothed
+    )
+    mixup: float = (
+        0.5  # probability that a training crop is mixed with another (AudioMAE / AST: 0.5)
+    )
     mixup_alpha: float = 10.0  # lambda ~ Beta(10, 10): mixes stay near 50/50 (AST's dataloader)
     freq_mask: int = 30  # SpecAugment: up to 30 of 80 mel bins zeroed (AudioMAE AS: 48 of 128)
     time_mask: int = 40  # SpecAugment: up to 40 of 200 frames zeroed (AudioMAE AS: 192 of 1024)
-    weighted_sampling: str = "auto"  # auto: on for multilabel sets (AudioMAE's AS-2M sampler), else off
+    weighted_sampling: str = (
+        "auto"  # auto: on for multilabel sets (AudioMAE's AS-2M sampler), else off
+    )
     # ---- evaluation -------------------------------------------------------------------------------------
-    eval_every: int | None = None  # steps between validations; None: once per epoch (and at the end)
+    eval_every: int | None = (
+        None  # steps between validations; None: once per epoch (and at the end)
+    )
     eval_batch_size: int = 64  # 2-s chunks per forward pass at evaluation
     # ---- runtime (as pretraining) ------------------------------------------------------------------------
     device: str = "auto"  # CUDA when available
@@ -86,9 +104,13 @@ class FinetuneConfig(RecipeConfig):
         if self.pooling not in POOLINGS:
             raise ValueError(f"FinetuneConfig.pooling={self.pooling!r}; choose from {POOLINGS}")
         if self.weighted_sampling not in SAMPLING:
-            raise ValueError(f"FinetuneConfig.weighted_sampling={self.weighted_sampling!r}; choose from {SAMPLING}")
+            raise ValueError(
+                f"FinetuneConfig.weighted_sampling={self.weighted_sampling!r}; choose from {SAMPLING}"
+            )
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"FinetuneConfig.prediction_type={self.prediction_type!r}; choose from {PREDICTION_TYPES}")
+            raise ValueError(
+                f"FinetuneConfig.prediction_type={self.prediction_type!r}; choose from {PREDICTION_TYPES}"
+            )
         for name in ("drop_path", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"FinetuneConfig.{name}={getattr(self, name)}; must be in [0, 1)")
@@ -104,4 +126,3 @@ class FinetuneConfig(RecipeConfig):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"FinetuneConfig.{name}={value}; must be >= 1 (or None)")
-

@@ -77,14 +77,18 @@ class FinetuneTask:
     def train_split(self, fold: Fold) -> LabelledSplit:
         """The training splits of ``fold`` stacked into one."""
         parts = [self.splits[s] for s in fold.train]
-        return LabelledSplit([p for s in parts for p in s.paths], np.concatenate([s.targets for s in parts]))
+        return LabelledSplit(
+            [p for s in parts for p in s.paths], np.concatenate([s.targets for s in parts])
+        )
 
 
 def _report_metrics(task_metrics: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*task_metrics, *REPORT_METRICS]))
 
 
-def load_task(source: str | Path, prediction_type: str | None = None, seed: int = 0) -> FinetuneTask:
+def load_task(
+    source: str | Path, prediction_type: str | None = None, seed: int = 0
+) -> FinetuneTask:
     """A HEAR task folder (all three split modes) or a CSV manifest (see :func:`read_manifest`)."""
     path = Path(source)
     if path.is_dir():
@@ -96,14 +100,28 @@ def load_task(source: str | Path, prediction_type: str | None = None, seed: int 
 
 def _from_hear(path: Path, prediction_type: str | None) -> FinetuneTask:
     task = read_task(path)
-    splits = {s: LabelledSplit([task.audio_path(s, f) for f in task.files(s)], task.targets(s))
-              for s in task.split_names}
-    return FinetuneTask(task.name, path, prediction_type or task.prediction_type, task.labels,
-                        _report_metrics(task.metrics), splits, task.folds(), task.split_mode)
+    splits = {
+        s: LabelledSplit([task.audio_path(s, f) for f in task.files(s)], task.targets(s))
+        for s in task.split_names
+    }
+    return FinetuneTask(
+        task.name,
+        path,
+        prediction_type or task.prediction_type,
+        task.labels,
+        _report_metrics(task.metrics),
+        splits,
+        task.folds(),
+        task.split_mode,
+    )
 
 
-def read_manifest(path: str | Path, prediction_type: str | None = None, seed: int = 0,
-                  fractions: tuple[float, float] = (0.8, 0.1)) -> FinetuneTask:
+def read_manifest(
+    path: str | Path,
+    prediction_type: str | None = None,
+    seed: int = 0,
+    fractions: tuple[float, float] = (0.8, 0.1),
+) -> FinetuneTask:
     """A CSV with header ``path,labels[,split]``: labels ``;``-separated, paths relative to the CSV.
 
     Without a ``split`` column the rows are shuffled with ``seed`` and cut 80 / 10 / 10 into
@@ -115,8 +133,14 @@ def read_manifest(path: str | Path, prediction_type: str | None = None, seed: in
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"path", "labels"} <= set(reader.fieldnames):
             raise TaskFormatError(f"{path}: expected a header with columns path,labels[,split]")
-        rows = [(r["path"], [x.strip() for x in (r["labels"] or "").split(";") if x.strip()], (r.get("split") or "").strip())
-                for r in reader]
+        rows = [
+            (
+                r["path"],
+                [x.strip() for x in (r["labels"] or "").split(";") if x.strip()],
+                (r.get("split") or "").strip(),
+            )
+            for r in reader
+        ]
     if not rows:
         raise TaskFormatError(f"{path}: no rows")
     unlabelled = [p for p, labels, _ in rows if not labels]
@@ -131,10 +155,15 @@ def read_manifest(path: str | Path, prediction_type: str | None = None, seed: in
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
         n_train, n_valid = int(fractions[0] * len(rows)), max(1, int(fractions[1] * len(rows)))
-        names = {i: "train" if k < n_train else "valid" if k < n_train + n_valid else "test" for k, i in enumerate(order)}
+        names = {
+            i: "train" if k < n_train else "valid" if k < n_train + n_valid else "test"
+            for k, i in enumerate(order)
+        }
         rows = [(p, labels, names[i]) for i, (p, labels, _) in enumerate(rows)]
     labels = tuple(sorted({x for _, ls, _ in rows for x in ls}))
-    kind = prediction_type or ("multilabel" if any(len(ls) > 1 for _, ls, _ in rows) else "multiclass")
+    kind = prediction_type or (
+        "multilabel" if any(len(ls) > 1 for _, ls, _ in rows) else "multiclass"
+    )
     index = {label: i for i, label in enumerate(labels)}
     splits: dict[str, LabelledSplit] = {}
     for split in ("train", "valid", "test"):
@@ -146,8 +175,15 @@ def read_manifest(path: str | Path, prediction_type: str | None = None, seed: in
             y[r, [index[x] for x in ls]] = 1.0
         splits[split] = LabelledSplit([(path.parent / p) for p, _ in mine], y)
     metrics = ("top1_acc",) if kind == "multiclass" else ("mAP",)
-    return FinetuneTask(path.stem, path, kind, labels, _report_metrics(metrics), splits,
-                        [Fold(("train",), "valid", "test")])
+    return FinetuneTask(
+        path.stem,
+        path,
+        kind,
+        labels,
+        _report_metrics(metrics),
+        splits,
+        [Fold(("train",), "valid", "test")],
+    )
 
 
 # ---- clips -> standardised log-mel, windows --------------------------------------------------------------
@@ -178,7 +214,9 @@ def window_starts(frames: int) -> list[int]:
 def clip_windows(lms: torch.Tensor) -> torch.Tensor:
     """Standardised log-mel ``(T, 80)`` -> evaluation windows ``(S, 1, 200, 80)``."""
     lms = pad_to_window(lms)
-    return torch.stack([lms[s : s + INPUT_FRAMES] for s in window_starts(lms.shape[0])]).unsqueeze(1)
+    return torch.stack([lms[s : s + INPUT_FRAMES] for s in window_starts(lms.shape[0])]).unsqueeze(
+        1
+    )
 
 
 def random_window(lms: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -259,16 +297,28 @@ class LabelledCropDataset(IterableDataset):
     once and replaced by the next clip of the order.
     """
 
-    def __init__(self, split: LabelledSplit, samples_per_epoch: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, weights: np.ndarray | None = None, augment: CropAugment | None = None,
-                 rank_batch: int = 1, cache_mb: float = 1024.0) -> None:
+    def __init__(
+        self,
+        split: LabelledSplit,
+        samples_per_epoch: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        weights: np.ndarray | None = None,
+        augment: CropAugment | None = None,
+        rank_batch: int = 1,
+        cache_mb: float = 1024.0,
+    ) -> None:
         super().__init__()
         if len(split) == 0:
             raise ValueError("no training clips")
         self.split = split
         self.samples_per_epoch = samples_per_epoch
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.rank_batch = rank_batch  # samples of one optimizer step on this rank (global batch / world)
+        self.rank_batch = (
+            rank_batch  # samples of one optimizer step on this rank (global batch / world)
+        )
         self.weights = weights
         self.augment = augment or CropAugment()
         self.batch_size = 1  # set by make_loader; maps start_index onto workers
@@ -299,11 +349,22 @@ class LabelledCropDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch, start = int(self._state[0]), int(self._state[1])
-        role, skip, count = worker_plan(self.samples_per_rank, self.batch_size, workers, worker, start)
+        role, skip, count = worker_plan(
+            self.samples_per_rank, self.batch_size, workers, worker, start
+        )
         n = self.samples_per_rank
-        batches = range(role, math.ceil(n / self.batch_size), max(workers, 1)) if workers > 1 else [None]
-        local = ([p for j in batches for p in range(j * self.batch_size, min(n, (j + 1) * self.batch_size))]
-                 if workers > 1 else list(range(n)))
+        batches = (
+            range(role, math.ceil(n / self.batch_size), max(workers, 1)) if workers > 1 else [None]
+        )
+        local = (
+            [
+                p
+                for j in batches
+                for p in range(j * self.batch_size, min(n, (j + 1) * self.batch_size))
+            ]
+            if workers > 1
+            else list(range(n))
+        )
         order = self.order(epoch)
         for q in local[skip : skip + count]:
             yield self.sample(order, epoch, self.global_position(q))
@@ -334,7 +395,9 @@ class LabelledCropDataset(IterableDataset):
         lam = mixup_weight(rng, self.augment.mixup, self.augment.mixup_alpha)
         if lam is not None:
             other, j = self._lms(order, int(rng.integers(len(order))))
-            x, y = mix(x, random_window(other, rng), y, torch.from_numpy(self.split.targets[j]), lam)
+            x, y = mix(
+                x, random_window(other, rng), y, torch.from_numpy(self.split.targets[j]), lam
+            )
         x = spec_augment(x, rng, self.augment.freq_mask, self.augment.time_mask)
         return {"x": x.unsqueeze(0).float(), "y": y.float()}
 
@@ -355,6 +418,19 @@ class EvalSet:
             return None
 
 
-__all__ = ["FinetuneTask", "LabelledSplit", "load_task", "read_manifest", "clip_logmel", "clip_windows",
-           "window_starts", "random_window", "LogMelCache", "LabelledCropDataset", "CropAugment",
-           "sampling_weights", "EvalSet", "REPORT_METRICS"]
+__all__ = [
+    "FinetuneTask",
+    "LabelledSplit",
+    "load_task",
+    "read_manifest",
+    "clip_logmel",
+    "clip_windows",
+    "window_starts",
+    "random_window",
+    "LogMelCache",
+    "LabelledCropDataset",
+    "CropAugment",
+    "sampling_weights",
+    "EvalSet",
+    "REPORT_METRICS",
+]

@@ -27,7 +27,11 @@ from .trainer import finetune
 
 log = logging.getLogger(__name__)
 
-MODES = ("probe", "finetune", "linear")  # MLP probe on frozen embeddings; full fine-tuning; frozen encoder + head
+MODES = (
+    "probe",
+    "finetune",
+    "linear",
+)  # MLP probe on frozen embeddings; full fine-tuning; frozen encoder + head
 
 
 def model_name(spec: str) -> str:
@@ -42,23 +46,58 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def finetune_task(spec: str, name: str, task_dir: Path, seeds: Sequence[int], base: FinetuneConfig,
-                  work_dir: Path, linear: bool = False) -> TaskResult:
+def finetune_task(
+    spec: str,
+    name: str,
+    task_dir: Path,
+    seeds: Sequence[int],
+    base: FinetuneConfig,
+    work_dir: Path,
+    linear: bool = False,
+) -> TaskResult:
     """Fine-tune ``spec`` on one task once per seed; the test scores as a :class:`TaskResult`."""
     runs: list[list[FoldRun]] = []
     task = load_task(task_dir, base.prediction_type)
     width = 0
     for seed in seeds:
-        cfg = base.replace(model=spec, task=str(task_dir), seed=seed, linear_probe=linear,
-                           out_dir=str(work_dir / _slug(name) / _slug(task.name) / f"seed{seed}"),
-                           resume=base.resume or "auto")
+        cfg = base.replace(
+            model=spec,
+            task=str(task_dir),
+            seed=seed,
+            linear_probe=linear,
+            out_dir=str(work_dir / _slug(name) / _slug(task.name) / f"seed{seed}"),
+            resume=base.resume or "auto",
+        )
         result = finetune(cfg, task)
         if not result.finished:
-            raise RuntimeError(f"fine-tuning {name} on {task.name} (seed {seed}) stopped early; rerun to resume")
-        runs.append([FoldRun(f.fold, f.valid, math.nan, f.best_valid if f.best_valid is not None else math.nan,
-                             f.best_step or 0, f.best_step or 0, f.test) for f in result.folds])
+            raise RuntimeError(
+                f"fine-tuning {name} on {task.name} (seed {seed}) stopped early; rerun to resume"
+            )
+        runs.append(
+            [
+                FoldRun(
+                    f.fold,
+                    f.valid,
+                    math.nan,
+                    f.best_valid if f.best_valid is not None else math.nan,
+                    f.best_step or 0,
+                    f.best_step or 0,
+                    f.test,
+                )
+                for f in result.folds
+            ]
+        )
         width = width or _embed_dim(result.model_dir)
-    return TaskResult(name, task.name, task.metrics, list(seeds), runs, width, task.prediction_type, task.split_mode)
+    return TaskResult(
+        name,
+        task.name,
+        task.metrics,
+        list(seeds),
+        runs,
+        width,
+        task.prediction_type,
+        task.split_mode,
+    )
 
 
 def _embed_dim(model_dir: Path) -> int:
@@ -68,10 +107,16 @@ def _embed_dim(model_dir: Path) -> int:
     return int(meta["config"]["encoder"]["embed_dim"])
 
 
-def run_modes(models: Sequence[str], task_dirs: Sequence[str | Path], out_dir: str | Path,
-              modes: Sequence[str] = ("finetune",), seeds: int | Sequence[int] = 3,
-              finetune_config: FinetuneConfig | None = None, probe_kwargs: dict[str, Any] | None = None,
-              progress: bool = True) -> EvaluationResult:
+def run_modes(
+    models: Sequence[str],
+    task_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    modes: Sequence[str] = ("finetune",),
+    seeds: int | Sequence[int] = 3,
+    finetune_config: FinetuneConfig | None = None,
+    probe_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
     """Evaluate ``models`` (specs) in each of ``modes`` on every task; one report in ``out_dir``.
 
     Rows are ``"<model> [<mode>]"`` when more than one mode is asked for. ``probe_kwargs`` go to
@@ -91,27 +136,52 @@ def run_modes(models: Sequence[str], task_dirs: Sequence[str | Path], out_dir: s
     results: dict[str, dict[str, TaskResult]] = {}
     for mode in modes:
         if mode == "probe":
-            probed = run_evaluation(list(models), [t.path for t in tasks], out_dir=None, seeds=seed_list,
-                                    progress=progress, **(probe_kwargs or {}))
+            probed = run_evaluation(
+                list(models),
+                [t.path for t in tasks],
+                out_dir=None,
+                seeds=seed_list,
+                progress=progress,
+                **(probe_kwargs or {}),
+            )
             for m in probed.models:
                 names.append(tag(m, mode))
-                results[names[-1]] = {t: dataclasses.replace(r, model=names[-1]) for t, r in probed.results[m].items()}
+                results[names[-1]] = {
+                    t: dataclasses.replace(r, model=names[-1]) for t, r in probed.results[m].items()
+                }
             continue
         for spec in models:
             if spec == "logmel":
-                raise ValueError("the log-mel baseline has no encoder to fine-tune; use it with --mode probe")
+                raise ValueError(
+                    "the log-mel baseline has no encoder to fine-tune; use it with --mode probe"
+                )
             name = tag(model_name(spec), mode)
             names.append(name)
             results[name] = {}
             for task in tasks:
                 log.info("%s: %s on %s, seeds %s", mode, name, task.name, seed_list)
-                results[name][task.name] = finetune_task(spec, name, task.path, seed_list, base,
-                                                         out / "finetune_runs", linear=mode == "linear")
+                results[name][task.name] = finetune_task(
+                    spec,
+                    name,
+                    task.path,
+                    seed_list,
+                    base,
+                    out / "finetune_runs",
+                    linear=mode == "linear",
+                )
     task_names = [t.name for t in tasks]
     table = {m: {t: results[m][t].mean for t in task_names} for m in names}
-    config = {"seeds": seed_list, "modes": list(modes), "finetune": base.to_dict(), "audiomaepp": __version__,
-              "tasks": {t.name: str(t.path) for t in tasks}, "seconds": round(time.time() - start, 1)}
-    result = EvaluationResult(names, task_names, results, normalized_scores(table, task_names), config)
+    config = {
+        "seeds": seed_list,
+        "modes": list(modes),
+        "finetune": base.to_dict(),
+        "audiomaepp": __version__,
+        "tasks": {t.name: str(t.path) for t in tasks},
+        "seconds": round(time.time() - start, 1),
+    }
+    result = EvaluationResult(
+        names, task_names, results, normalized_scores(table, task_names), config
+    )
     from ..evaluation.report import write_report
 
     write_report(result, out)

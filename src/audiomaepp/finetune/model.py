@@ -84,7 +84,9 @@ class Prediction:
     """What :meth:`AudioClassifier.predict` returns for one clip."""
 
     labels: list[str]  # multiclass: the arg-max class; multilabel: every class scoring >= threshold
-    scores: dict[str, float]  # every class: the mean over the clip's 2-s windows of their probabilities
+    scores: dict[
+        str, float
+    ]  # every class: the mean over the clip's 2-s windows of their probabilities
     segment_starts: list[float] = field(default_factory=list)  # window start times in seconds
     segment_scores: np.ndarray | None = None  # (S, C) per-window probabilities
 
@@ -99,24 +101,45 @@ class AudioClassifier(nn.Module):
     def __init__(self, config: ClassifierConfig, labels: Sequence[str] | None = None) -> None:
         super().__init__()
         self.config = config
-        self.labels = tuple(labels) if labels is not None else tuple(str(i) for i in range(config.num_classes))
+        self.labels = (
+            tuple(labels)
+            if labels is not None
+            else tuple(str(i) for i in range(config.num_classes))
+        )
         if len(self.labels) != config.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {config.num_classes} classes")
         self.encoder = Encoder(config.encoder)
-        init_std = 0.01 if config.linear_probe else 2e-5  # MAE: 0.01 for linear probing, 2e-5 fine-tuning
-        self.head = ClassifierHead(config.encoder.embed_dim, config.num_classes, config.pooling, init_std)
+        init_std = (
+            0.01 if config.linear_probe else 2e-5
+        )  # MAE: 0.01 for linear probing, 2e-5 fine-tuning
+        self.head = ClassifierHead(
+            config.encoder.embed_dim, config.num_classes, config.pooling, init_std
+        )
         if config.linear_probe:
             self.encoder.requires_grad_(False)
-        self._drop_noise: torch.Tensor | None = None  # (B, >= depth) uniforms of the current forward
-        self._hooks = [self.encoder.blocks[i].register_forward_hook(self._drop_path_hook(i, rate))
-                       for i, rate in enumerate(self._drop_rates())]
+        self._drop_noise: torch.Tensor | None = (
+            None  # (B, >= depth) uniforms of the current forward
+        )
+        self._hooks = [
+            self.encoder.blocks[i].register_forward_hook(self._drop_path_hook(i, rate))
+            for i, rate in enumerate(self._drop_rates())
+        ]
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
-    def from_encoder(cls, mae: AudioMAE, labels: Sequence[str], prediction_type: str, pooling: str = "mean",
-                     linear_probe: bool = False, drop_path: float = 0.0) -> AudioClassifier:
+    def from_encoder(
+        cls,
+        mae: AudioMAE,
+        labels: Sequence[str],
+        prediction_type: str,
+        pooling: str = "mean",
+        linear_probe: bool = False,
+        drop_path: float = 0.0,
+    ) -> AudioClassifier:
         """A new head on ``mae``'s encoder; the encoder weights are copied exactly (strict)."""
-        cfg = ClassifierConfig(mae.config, len(labels), prediction_type, pooling, linear_probe, drop_path)
+        cfg = ClassifierConfig(
+            mae.config, len(labels), prediction_type, pooling, linear_probe, drop_path
+        )
         clf = cls(cfg, labels)
         clf.encoder.load_state_dict(mae.encoder.state_dict(), strict=True)
         return clf.to(next(mae.parameters()).device)
@@ -160,7 +183,9 @@ class AudioClassifier(nn.Module):
         """Pooled encoder features ``(B, D)`` of log-mel windows ``(B, 1, 200, 80)``."""
         want = (self.config.encoder.in_chans, *self.config.encoder.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"AudioClassifier expects (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"AudioClassifier expects (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}"
+            )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.linear_probe):
             tokens = self.encoder.run(self.encoder.embed(x))  # (B, 1 + L, D)
         return tokens[:, 1:].mean(dim=1) if self.config.pooling == "mean" else tokens[:, 0]
@@ -168,7 +193,9 @@ class AudioClassifier(nn.Module):
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, C)``; ``noise`` ``(B, >= depth)`` uniforms drive drop path when training."""
         if noise is not None and noise.shape[1] < len(self.encoder.blocks):
-            raise ValueError(f"drop-path noise needs >= {len(self.encoder.blocks)} columns, got {noise.shape[1]}")
+            raise ValueError(
+                f"drop-path noise needs >= {len(self.encoder.blocks)} columns, got {noise.shape[1]}"
+            )
         self._drop_noise = noise
         try:
             return self.head(self.features(x))
@@ -177,7 +204,11 @@ class AudioClassifier(nn.Module):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax (multiclass) or sigmoid (multilabel) of logits ``(B, C)``."""
-        return logits.softmax(dim=-1) if self.config.prediction_type == "multiclass" else logits.sigmoid()
+        return (
+            logits.softmax(dim=-1)
+            if self.config.prediction_type == "multiclass"
+            else logits.sigmoid()
+        )
 
     @property
     def device(self) -> torch.device:
@@ -185,7 +216,9 @@ class AudioClassifier(nn.Module):
 
     # ---- prediction -------------------------------------------------------------------------------
     @torch.no_grad()
-    def window_scores(self, windows: Sequence[torch.Tensor], batch_size: int = 64) -> list[np.ndarray]:
+    def window_scores(
+        self, windows: Sequence[torch.Tensor], batch_size: int = 64
+    ) -> list[np.ndarray]:
         """Per-window probabilities ``(S_i, C)`` for each clip's windows ``(S_i, 1, 200, 80)``.
 
         Windows of all clips share batches of ``batch_size`` (many short clips keep a GPU busy).
@@ -197,13 +230,19 @@ class AudioClassifier(nn.Module):
             if not counts:
                 return []
             flat = torch.cat(list(windows))
-            probs = torch.cat([self.probabilities(self(flat[i : i + batch_size].to(self.device)).float()).cpu()
-                               for i in range(0, flat.shape[0], batch_size)])
+            probs = torch.cat(
+                [
+                    self.probabilities(self(flat[i : i + batch_size].to(self.device)).float()).cpu()
+                    for i in range(0, flat.shape[0], batch_size)
+                ]
+            )
             return [p.numpy().astype(np.float64) for p in probs.split(counts)]
         finally:
             self.train(was_training)
 
-    def prediction(self, segment_scores: np.ndarray, frames: int, threshold: float = 0.5) -> Prediction:
+    def prediction(
+        self, segment_scores: np.ndarray, frames: int, threshold: float = 0.5
+    ) -> Prediction:
         """A :class:`Prediction` from a clip's per-window scores ``(S, C)``."""
         clip = segment_scores.mean(axis=0)
         if self.config.prediction_type == "multiclass":
@@ -211,10 +250,16 @@ class AudioClassifier(nn.Module):
         else:
             labels = [lab for lab, s in zip(self.labels, clip, strict=True) if s >= threshold]
         starts = [s / 100.0 for s in window_starts(max(frames, 1))]  # 100 frames per second
-        return Prediction(labels, {lab: float(s) for lab, s in zip(self.labels, clip, strict=True)},
-                          starts, segment_scores)
+        return Prediction(
+            labels,
+            {lab: float(s) for lab, s in zip(self.labels, clip, strict=True)},
+            starts,
+            segment_scores,
+        )
 
-    def predict(self, wave: np.ndarray | torch.Tensor, sr: int, threshold: float = 0.5) -> Prediction:
+    def predict(
+        self, wave: np.ndarray | torch.Tensor, sr: int, threshold: float = 0.5
+    ) -> Prediction:
         """Labels and scores of one clip: ``(N,)``, ``(N, C)`` or ``(C, N)`` (C <= 8) at rate ``sr``."""
         audio = wave.detach().cpu().numpy() if torch.is_tensor(wave) else np.asarray(wave)
         if audio.ndim == 2 and audio.shape[0] <= 8 < audio.shape[1]:
@@ -231,16 +276,21 @@ class AudioClassifier(nn.Module):
         """Training FLOPs per 2-s input: forward + backward matmuls (forward only through a frozen encoder)."""
         c = self.config.encoder
         fwd = 2 * c.num_patches * c.patch_dim * c.embed_dim + _stack_flops(
-            c.depth, c.embed_dim, 1 + c.num_patches, c.block, c.mlp_ratio)
+            c.depth, c.embed_dim, 1 + c.num_patches, c.block, c.mlp_ratio
+        )
         return float(fwd if self.config.linear_probe else 3 * fwd)
 
     # ---- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """``model.safetensors`` + ``config.json`` + ``labels.json`` in ``directory``."""
-        return save_pretrained(self, directory, extra_json={LABELS_NAME: list(self.labels)}, fmt=FORMAT)
+        return save_pretrained(
+            self, directory, extra_json={LABELS_NAME: list(self.labels)}, fmt=FORMAT
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> AudioClassifier:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu"
+    ) -> AudioClassifier:
         """Load a classifier directory written by :meth:`save_pretrained` (never executes code)."""
         directory = Path(directory)
         try:
@@ -249,25 +299,39 @@ class AudioClassifier(nn.Module):
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{directory}: not a classifier directory ({exc})") from exc
         if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{directory}/{CONFIG_NAME}: format {meta.get('format')!r}, expected {FORMAT!r} "
-                                  "(an encoder directory? fine-tune it with `audiomaepp finetune` first)")
+            raise CheckpointError(
+                f"{directory}/{CONFIG_NAME}: format {meta.get('format')!r}, expected {FORMAT!r} "
+                "(an encoder directory? fine-tune it with `audiomaepp finetune` first)"
+            )
         try:
             cfg = ClassifierConfig.from_dict(meta["config"])
             clf = cls(cfg, labels)
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{directory}: invalid classifier config or labels ({exc})") from exc
+            raise CheckpointError(
+                f"{directory}: invalid classifier config or labels ({exc})"
+            ) from exc
         try:
             state = load_file(str(directory / WEIGHTS_NAME), device="cpu")
         except Exception as exc:  # safetensors raises its own types for corrupt files
-            raise CheckpointError(f"{directory / WEIGHTS_NAME}: cannot read safetensors file ({exc})") from exc
+            raise CheckpointError(
+                f"{directory / WEIGHTS_NAME}: cannot read safetensors file ({exc})"
+            ) from exc
         check_state_dict(clf, state, str(directory / WEIGHTS_NAME))
         clf.load_state_dict(state)
         return clf.to(device).eval()
 
 
-def build_classifier(model: str, labels: Sequence[str], prediction_type: str, *, pooling: str = "mean",
-                     linear_probe: bool = False, drop_path: float = 0.0, seed: int = 0,
-                     overrides: dict[str, Any] | None = None) -> AudioClassifier:
+def build_classifier(
+    model: str,
+    labels: Sequence[str],
+    prediction_type: str,
+    *,
+    pooling: str = "mean",
+    linear_probe: bool = False,
+    drop_path: float = 0.0,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+) -> AudioClassifier:
     """``model``: a model directory (``save_pretrained`` / ``convert-release`` output) or
     ``random:<preset>`` (a random-init encoder, seeded, the 'no pretraining' baseline).
 
@@ -282,4 +346,6 @@ def build_classifier(model: str, labels: Sequence[str], prediction_type: str, *,
             raise CheckpointError(f"--model {model}: not a model directory nor random:<preset>")
         mae = AudioMAE.from_pretrained(path)
     torch.manual_seed(seed)  # the head's init depends on the seed and the encoder's shape only
-    return AudioClassifier.from_encoder(mae, labels, prediction_type, pooling, linear_probe, drop_path)
+    return AudioClassifier.from_encoder(
+        mae, labels, prediction_type, pooling, linear_probe, drop_path
+    )

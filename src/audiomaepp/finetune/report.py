@@ -35,11 +35,17 @@ def report_dict(result: Any) -> dict[str, Any]:
     with np.errstate(all="ignore"):
         mean_ap = [float(np.nanmean(col)) if not np.isnan(col).all() else math.nan for col in ap.T]
     doc = {
-        "task": task.name, "source": str(task.source), "prediction_type": task.prediction_type,
-        "model": cfg.model, "mode": "linear_probe" if cfg.linear_probe else "finetune",
-        "primary_metric": task.primary_metric, "labels": list(task.labels),
-        "mean": result.mean, "per_class_ap": dict(zip(task.labels, mean_ap, strict=True)),
-        "folds": [f.to_dict() for f in result.folds], "config": cfg.to_dict(),
+        "task": task.name,
+        "source": str(task.source),
+        "prediction_type": task.prediction_type,
+        "model": cfg.model,
+        "mode": "linear_probe" if cfg.linear_probe else "finetune",
+        "primary_metric": task.primary_metric,
+        "labels": list(task.labels),
+        "mean": result.mean,
+        "per_class_ap": dict(zip(task.labels, mean_ap, strict=True)),
+        "folds": [f.to_dict() for f in result.folds],
+        "config": cfg.to_dict(),
     }
     if task.prediction_type == "multiclass":
         doc["confusion"] = np.sum([f.confusion for f in result.folds], axis=0).tolist()
@@ -48,17 +54,26 @@ def report_dict(result: Any) -> dict[str, Any]:
 
 def markdown(doc: dict[str, Any]) -> str:
     metrics = list(doc["mean"])
-    lines = [f"# Fine-tuning report: {doc['task']}", "",
-             f"Model `{doc['model']}`, mode **{doc['mode']}**, {doc['prediction_type']}, "
-             f"{len(doc['folds'])} test fold(s); primary metric **{doc['primary_metric']}** "
-             "(percent except d_prime).", "",
-             "| fold | best step | valid | " + " | ".join(metrics) + " | test clips |",
-             "|---|---:|---:|" + "---:|" * len(metrics) + "---:|"]
+    lines = [
+        f"# Fine-tuning report: {doc['task']}",
+        "",
+        f"Model `{doc['model']}`, mode **{doc['mode']}**, {doc['prediction_type']}, "
+        f"{len(doc['folds'])} test fold(s); primary metric **{doc['primary_metric']}** "
+        "(percent except d_prime).",
+        "",
+        "| fold | best step | valid | " + " | ".join(metrics) + " | test clips |",
+        "|---|---:|---:|" + "---:|" * len(metrics) + "---:|",
+    ]
     for f in doc["folds"]:
         cells = [_fmt(f["test"].get(m), m) for m in metrics]
-        lines.append(f"| {f['fold']} | {f['best_step']} | {_fmt(f['best_valid'], doc['primary_metric'])} | "
-                     + " | ".join(cells) + f" | {f['n_test']} |")
-    lines.append("| **mean** | | | " + " | ".join(_fmt(doc["mean"][m], m) for m in metrics) + " | |")
+        lines.append(
+            f"| {f['fold']} | {f['best_step']} | {_fmt(f['best_valid'], doc['primary_metric'])} | "
+            + " | ".join(cells)
+            + f" | {f['n_test']} |"
+        )
+    lines.append(
+        "| **mean** | | | " + " | ".join(_fmt(doc["mean"][m], m) for m in metrics) + " | |"
+    )
     lines += ["", "Per-class AP (mean over folds):", "", "| class | AP |", "|---|---:|"]
     lines += [f"| {k} | {_fmt(v, 'mAP')} |" for k, v in doc["per_class_ap"].items()]
     failed = {p: m for f in doc["folds"] for p, m in f["failed"].items()}

@@ -62,7 +62,9 @@ class ClassifierLoss(nn.Module):
         self.multiclass = model.config.prediction_type == "multiclass"
         self.smoothing = label_smoothing
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         logits = self.model(x, noise).float()  # (B, C); the loss in fp32 under autocast
         if self.multiclass:
             target = y * (1.0 - self.smoothing) + self.smoothing / y.shape[1]
@@ -79,7 +81,9 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def layer_decay_groups(model: AudioClassifier, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+def layer_decay_groups(
+    model: AudioClassifier, weight_decay: float, layer_decay: float
+) -> list[dict[str, Any]]:
     """AdamW groups by (layer, decay or not), each with ``lr_scale = layer_decay ** (depth + 1 - layer)``."""
     from ..training.optim import no_decay
 
@@ -89,8 +93,15 @@ def layer_decay_groups(model: AudioClassifier, weight_decay: float, layer_decay:
         if not p.requires_grad:
             continue  # frozen: the position table, the release's unused LN3, a linear probe's encoder
         lid, plain = layer_id(name, depth), no_decay(name, p)
-        g = groups.setdefault((lid, plain), {"params": [], "names": [], "weight_decay": 0.0 if plain else weight_decay,
-                                             "lr_scale": layer_decay ** (depth + 1 - lid)})
+        g = groups.setdefault(
+            (lid, plain),
+            {
+                "params": [],
+                "names": [],
+                "weight_decay": 0.0 if plain else weight_decay,
+                "lr_scale": layer_decay ** (depth + 1 - lid),
+            },
+        )
         g["params"].append(p)
         g["names"].append(name)
     return [groups[k] for k in sorted(groups)]
@@ -106,7 +117,9 @@ class SplitScores:
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
 
 
-def score_split(model: AudioClassifier, evalset: EvalSet, batch_size: int, clips_per_call: int = 32) -> SplitScores:
+def score_split(
+    model: AudioClassifier, evalset: EvalSet, batch_size: int, clips_per_call: int = 32
+) -> SplitScores:
     """Average the window probabilities of every clip (batched across clips)."""
     kept, scores = [], []
     n = len(evalset.split)
@@ -114,7 +127,9 @@ def score_split(model: AudioClassifier, evalset: EvalSet, batch_size: int, clips
         idx = list(range(start, min(n, start + clips_per_call)))
         wins = [(i, evalset.windows(i)) for i in idx]
         wins = [(i, w) for i, w in wins if w is not None]
-        for (i, _), s in zip(wins, model.window_scores([w for _, w in wins], batch_size), strict=True):
+        for (i, _), s in zip(
+            wins, model.window_scores([w for _, w in wins], batch_size), strict=True
+        ):
             kept.append(i)
             scores.append(s.mean(axis=0))
     C = evalset.split.targets.shape[1]
@@ -141,8 +156,17 @@ class FinetuneTrainer(Trainer):
 
     progress_desc = "finetune"
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv, dataset: LabelledCropDataset, model: AudioClassifier,
-                 ft: FinetuneConfig, task: FinetuneTask, valid: LabelledSplit, eval_every: int) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        env: DistEnv,
+        dataset: LabelledCropDataset,
+        model: AudioClassifier,
+        ft: FinetuneConfig,
+        task: FinetuneTask,
+        valid: LabelledSplit,
+        eval_every: int,
+    ) -> None:
         self.ft, self.task, self.eval_every = ft, task, eval_every
         self.valid = EvalSet(valid)
         self.best_score, self.best_step = -math.inf, None
@@ -151,21 +175,32 @@ class FinetuneTrainer(Trainer):
     def make_optimizer(self) -> torch.optim.Optimizer:
         groups = layer_decay_groups(self.model, self.cfg.weight_decay, self.ft.layer_decay)
         kwargs = {"fused": True} if self.plan.fused_adamw else {}
-        return torch.optim.AdamW(groups, lr=self.plan.peak_lr, betas=self.cfg.betas, eps=self.cfg.eps, **kwargs)
+        return torch.optim.AdamW(
+            groups, lr=self.plan.peak_lr, betas=self.cfg.betas, eps=self.cfg.eps, **kwargs
+        )
 
     def make_loss_module(self) -> nn.Module:
         return ClassifierLoss(self.model, self.ft.label_smoothing)
 
     def loss_inputs(self, batch: Any, noise: torch.Tensor) -> tuple[Any, ...]:
-        return (batch["x"].to(self.device, non_blocking=True), batch["y"].to(self.device, non_blocking=True), noise)
+        return (
+            batch["x"].to(self.device, non_blocking=True),
+            batch["y"].to(self.device, non_blocking=True),
+            noise,
+        )
 
     def after_step(self) -> dict[str, float] | None:
         """Validate every ``eval_every`` steps and at the end; keep the best classifier in ``best/``."""
-        if not (self.step % self.eval_every == 0 or self.step == self.plan.total_steps) or not self.env.is_main:
+        if (
+            not (self.step % self.eval_every == 0 or self.step == self.plan.total_steps)
+            or not self.env.is_main
+        ):
             return None
         metric = self.task.primary_metric
         s = score_split(self.model, self.valid, self.ft.eval_batch_size)
-        value = compute_metrics([metric], s.scores, s.targets)[metric] if len(s.scores) else math.nan
+        value = (
+            compute_metrics([metric], s.scores, s.targets)[metric] if len(s.scores) else math.nan
+        )
         # strict: the earliest best wins; a NaN score never beats a number (the first one is kept)
         better = value > self.best_score or (math.isnan(self.best_score) and not math.isnan(value))
         if self.best_step is None or better:
@@ -213,16 +248,40 @@ class FoldResult:
         return d
 
 
-def train_config(ft: FinetuneConfig, run_dir: Path, samples_per_epoch: int, save_every: int) -> TrainConfig:
+def train_config(
+    ft: FinetuneConfig, run_dir: Path, samples_per_epoch: int, save_every: int
+) -> TrainConfig:
     """The shared loop's settings for one fold."""
     return TrainConfig(
-        data=None, out_dir=str(run_dir), samples_per_epoch=samples_per_epoch, num_workers=ft.num_workers,
-        epochs=ft.epochs, warmup_epochs=ft.warmup_epochs, max_steps=ft.max_steps, stop_after=ft.stop_after,
-        batch_size=ft.batch_size, per_device_batch=ft.per_device_batch, lr=ft.peak_lr(), min_lr=ft.min_lr,
-        weight_decay=ft.weight_decay, betas=ft.betas, clip_grad=ft.clip_grad, device=ft.device,
-        precision=ft.precision, compile=ft.compile, fused_adamw=ft.fused_adamw, seed=ft.seed,
-        save_every=save_every, keep_last=ft.keep_last, log_every=ft.log_every, viz_every=0, resume=ft.resume,
-        max_nonfinite=ft.max_nonfinite, tensorboard=ft.tensorboard, progress=ft.progress, export=True,
+        data=None,
+        out_dir=str(run_dir),
+        samples_per_epoch=samples_per_epoch,
+        num_workers=ft.num_workers,
+        epochs=ft.epochs,
+        warmup_epochs=ft.warmup_epochs,
+        max_steps=ft.max_steps,
+        stop_after=ft.stop_after,
+        batch_size=ft.batch_size,
+        per_device_batch=ft.per_device_batch,
+        lr=ft.peak_lr(),
+        min_lr=ft.min_lr,
+        weight_decay=ft.weight_decay,
+        betas=ft.betas,
+        clip_grad=ft.clip_grad,
+        device=ft.device,
+        precision=ft.precision,
+        compile=ft.compile,
+        fused_adamw=ft.fused_adamw,
+        seed=ft.seed,
+        save_every=save_every,
+        keep_last=ft.keep_last,
+        log_every=ft.log_every,
+        viz_every=0,
+        resume=ft.resume,
+        max_nonfinite=ft.max_nonfinite,
+        tensorboard=ft.tensorboard,
+        progress=ft.progress,
+        export=True,
         dist_timeout_s=ft.dist_timeout_s,
     )
 
@@ -237,36 +296,66 @@ def epoch_samples(ft: FinetuneConfig, n_train: int, world: int) -> int:
 
 
 def use_weights(ft: FinetuneConfig, task: FinetuneTask) -> bool:
-    return ft.weighted_sampling == "on" or (ft.weighted_sampling == "auto" and task.prediction_type == "multilabel")
+    return ft.weighted_sampling == "on" or (
+        ft.weighted_sampling == "auto" and task.prediction_type == "multilabel"
+    )
 
 
-def run_fold(ft: FinetuneConfig, task: FinetuneTask, fold: Fold, run_dir: Path, env: DistEnv) -> FoldResult:
+def run_fold(
+    ft: FinetuneConfig, task: FinetuneTask, fold: Fold, run_dir: Path, env: DistEnv
+) -> FoldResult:
     """Fine-tune on ``fold.train``, select on ``fold.valid``, test the best on ``fold.test``."""
     train = task.train_split(fold)
     samples = epoch_samples(ft, len(train), env.world_size)
     steps_per_epoch = samples // ft.batch_size
     eval_every = ft.eval_every or steps_per_epoch
-    cfg = train_config(ft, run_dir, samples, ft.save_every if ft.save_every is not None else eval_every)
-    model = build_classifier(ft.model, task.labels, task.prediction_type, pooling=ft.pooling,
-                             linear_probe=ft.linear_probe, drop_path=ft.drop_path, seed=ft.seed,
-                             overrides=ft.model_overrides)
+    cfg = train_config(
+        ft, run_dir, samples, ft.save_every if ft.save_every is not None else eval_every
+    )
+    model = build_classifier(
+        ft.model,
+        task.labels,
+        task.prediction_type,
+        pooling=ft.pooling,
+        linear_probe=ft.linear_probe,
+        drop_path=ft.drop_path,
+        seed=ft.seed,
+        overrides=ft.model_overrides,
+    )
     augment = CropAugment(ft.freq_mask, ft.time_mask, ft.mixup, ft.mixup_alpha)
-    dataset = LabelledCropDataset(train, samples, rank=env.rank, world_size=env.world_size, seed=ft.seed,
-                                  weights=sampling_weights(train.targets) if use_weights(ft, task) else None,
-                                  augment=augment, rank_batch=ft.batch_size // env.world_size)
-    trainer = FinetuneTrainer(cfg, env, dataset, model, ft, task, task.splits[fold.valid], eval_every)
+    dataset = LabelledCropDataset(
+        train,
+        samples,
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=ft.seed,
+        weights=sampling_weights(train.targets) if use_weights(ft, task) else None,
+        augment=augment,
+        rank_batch=ft.batch_size // env.world_size,
+    )
+    trainer = FinetuneTrainer(
+        cfg, env, dataset, model, ft, task, task.splits[fold.valid], eval_every
+    )
     path = ckpt.resolve_resume(cfg.resume, run_dir)
     if path is not None:
         trainer.resume(path)
     result = trainer.run()
-    out = FoldResult(fold.test, fold.valid, run_dir, result.finished, trainer.best_step,
-                     trainer.best_score if math.isfinite(trainer.best_score) else None)
+    out = FoldResult(
+        fold.test,
+        fold.valid,
+        run_dir,
+        result.finished,
+        trainer.best_step,
+        trainer.best_score if math.isfinite(trainer.best_score) else None,
+    )
     if not result.finished or not env.is_main:
         return out
     return test_fold(out, task, ft, trainer.valid.failed)
 
 
-def test_fold(out: FoldResult, task: FinetuneTask, ft: FinetuneConfig, valid_failed: dict[int, str]) -> FoldResult:
+def test_fold(
+    out: FoldResult, task: FinetuneTask, ft: FinetuneConfig, valid_failed: dict[int, str]
+) -> FoldResult:
     """Score ``out.model_dir`` on the test split and write ``test.json``."""
     model = AudioClassifier.from_pretrained(out.model_dir, device=_device(ft))
     split = task.splits[out.fold]
@@ -275,10 +364,17 @@ def test_fold(out: FoldResult, task: FinetuneTask, ft: FinetuneConfig, valid_fai
         raise RuntimeError(f"no test clip of {task.name}/{out.fold} could be read")
     out.test = compute_metrics(list(task.metrics), s.scores, s.targets)
     out.per_class_ap = per_class_ap(s.scores, s.targets)
-    out.confusion = confusion(s.scores, s.targets).tolist() if task.prediction_type == "multiclass" else None
+    out.confusion = (
+        confusion(s.scores, s.targets).tolist() if task.prediction_type == "multiclass" else None
+    )
     out.n_test = len(s.scores)
-    out.failed = {**s.failed, **{str(task.splits[out.valid].paths[i]): m for i, m in valid_failed.items()}}
-    atomic_write_bytes(out.run_dir / TEST_FILE, json.dumps(_json_safe(out.to_dict()), indent=1).encode())
+    out.failed = {
+        **s.failed,
+        **{str(task.splits[out.valid].paths[i]): m for i, m in valid_failed.items()},
+    }
+    atomic_write_bytes(
+        out.run_dir / TEST_FILE, json.dumps(_json_safe(out.to_dict()), indent=1).encode()
+    )
     return out
 
 
@@ -319,7 +415,10 @@ class FinetuneResult:
         for f in self.folds:
             for k, v in f.test.items():
                 agg[k].append(v)
-        return {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan for k, v in agg.items()}
+        return {
+            k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan
+            for k, v in agg.items()
+        }
 
     @property
     def model_dir(self) -> Path:
@@ -349,12 +448,17 @@ def finetune(ft: FinetuneConfig, task: FinetuneTask | None = None) -> FinetuneRe
         task.prediction_type = ft.prediction_type
     folds = [f for f in task.folds if ft.folds is None or f.test in ft.folds]
     if not folds:
-        raise ValueError(f"--folds {ft.folds}: none of the task's test folds {[f.test for f in task.folds]}")
+        raise ValueError(
+            f"--folds {ft.folds}: none of the task's test folds {[f.test for f in task.folds]}"
+        )
     out = Path(ft.out_dir)
     owned = not (dist.is_available() and dist.is_initialized())
     env = init_distributed(ft.device, ft.dist_timeout_s)
     try:
-        results = [run_fold(ft, task, f, d, env) for f, d in zip(folds, fold_dirs(task, out, folds), strict=True)]
+        results = [
+            run_fold(ft, task, f, d, env)
+            for f, d in zip(folds, fold_dirs(task, out, folds), strict=True)
+        ]
     finally:
         if owned:
             shutdown_distributed()

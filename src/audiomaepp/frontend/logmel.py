@@ -115,7 +115,9 @@ class LogMelFrontend(torch.nn.Module):
             # reflect padding needs more than half a window of samples: pad with silence, then
             # keep the frame count of the unpadded clip.
             wav = torch.nn.functional.pad(wav, (0, self.cfg.n_fft // 2 + 1 - wav.shape[-1]))
-        padded = torch.nn.functional.pad(wav.unsqueeze(1), (self.cfg.n_fft // 2,) * 2, mode="reflect")
+        padded = torch.nn.functional.pad(
+            wav.unsqueeze(1), (self.cfg.n_fft // 2,) * 2, mode="reflect"
+        )
         return self.frames(padded.squeeze(1))[:, :frames].unsqueeze(1)  # (B, 1, T, 80)
 
     def frames(self, segments: torch.Tensor) -> torch.Tensor:

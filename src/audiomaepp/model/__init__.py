@@ -3,4 +3,12 @@
 from .config import PRESETS, AudioMAEConfig
 from .mae import AudioMAE, MAEOutput, patchify, random_masking, unpatchify
 
-__all__ = ["PRESETS", "AudioMAEConfig", "AudioMAE", "MAEOutput", "patchify", "unpatchify", "random_masking"]
+__all__ = [
+    "PRESETS",
+    "AudioMAEConfig",
+    "AudioMAE",
+    "MAEOutput",
+    "patchify",
+    "unpatchify",
+    "random_masking",
+]

@@ -63,14 +63,18 @@ class AudioMAEConfig:
     decoder_rope: RopeMode = "none"  # "sequence" = the release's positions, "grid" = true positions
     swiglu_norm: SwigluNorm = "ln2"  # the release feeds LN2's output to the SwiGLU; "ln3" fixes it
     norm_pix_loss: bool = False  # the release's default: plain MSE on standardised log-mel
-    token_layout: TokenLayout = "time_major"  # grouping of tokens into timestamp embeddings (spec §7)
+    token_layout: TokenLayout = (
+        "time_major"  # grouping of tokens into timestamp embeddings (spec §7)
+    )
     extra: dict[str, Any] = field(default_factory=dict)  # provenance (e.g. converted release args)
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size"):  # JSON gives lists
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)):
-                raise ValueError(f"AudioMAEConfig.{name} must be two integers (time, mel), got {value!r}")
+                raise ValueError(
+                    f"AudioMAEConfig.{name} must be two integers (time, mel), got {value!r}"
+                )
             setattr(self, name, tuple(value))
         if self.decoder_block is None:
             self.decoder_block = self.block
@@ -94,15 +98,21 @@ class AudioMAEConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"AudioMAEConfig.{name}={getattr(self, name)!r}; choose from {allowed}")
+                raise ValueError(
+                    f"AudioMAEConfig.{name}={getattr(self, name)!r}; choose from {allowed}"
+                )
         for dim, heads, what in (
             (self.embed_dim, self.num_heads, "embed_dim/num_heads"),
             (self.decoder_embed_dim, self.decoder_num_heads, "decoder_embed_dim/decoder_num_heads"),
         ):
             if dim % heads:
-                raise ValueError(f"AudioMAEConfig.{what}: width {dim} is not divisible by {heads} heads")
+                raise ValueError(
+                    f"AudioMAEConfig.{what}: width {dim} is not divisible by {heads} heads"
+                )
             if (self.encoder_rope != "none" or self.decoder_rope != "none") and (dim // heads) % 2:
-                raise ValueError(f"AudioMAEConfig.{what}: RoPE needs an even head dim, got {dim // heads}")
+                raise ValueError(
+                    f"AudioMAEConfig.{what}: RoPE needs an even head dim, got {dim // heads}"
+                )
         for i in range(2):
             if self.img_size[i] % self.patch_size[i]:
                 raise ValueError(
@@ -116,7 +126,9 @@ class AudioMAEConfig:
                 f"give {self.num_patches} patches; at most {_MAX_PATCHES}"
             )
         if self.num_keep < 1:
-            raise ValueError(f"AudioMAEConfig.mask_ratio={self.mask_ratio} keeps no patch of {self.num_patches}")
+            raise ValueError(
+                f"AudioMAEConfig.mask_ratio={self.mask_ratio} keeps no patch of {self.num_patches}"
+            )
 
     def _check_types_and_bounds(self) -> None:
         for name, (low, high) in _INT_BOUNDS.items():
@@ -127,19 +139,35 @@ class AudioMAEConfig:
                 raise ValueError(f"AudioMAEConfig.{name}={value}; must be in [{low}, {high}]")
         for name in ("img_size", "patch_size"):
             value = getattr(self, name)
-            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise ValueError(f"AudioMAEConfig.{name} must be two integers (time, mel), got {list(value)}")
+            if len(value) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                raise ValueError(
+                    f"AudioMAEConfig.{name} must be two integers (time, mel), got {list(value)}"
+                )
             if not all(1 <= v <= _MAX_SIDE for v in value):
-                raise ValueError(f"AudioMAEConfig.{name}={list(value)}; each side must be in [1, {_MAX_SIDE}]")
+                raise ValueError(
+                    f"AudioMAEConfig.{name}={list(value)}; each side must be in [1, {_MAX_SIDE}]"
+                )
         ratio = self.mlp_ratio
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= _MAX_MLP_RATIO:
-            raise ValueError(f"AudioMAEConfig.mlp_ratio={ratio!r}; must be a number in (0, {_MAX_MLP_RATIO}]")
+        if (
+            not isinstance(ratio, (int, float))
+            or isinstance(ratio, bool)
+            or not 0 < ratio <= _MAX_MLP_RATIO
+        ):
+            raise ValueError(
+                f"AudioMAEConfig.mlp_ratio={ratio!r}; must be a number in (0, {_MAX_MLP_RATIO}]"
+            )
         if not isinstance(self.mask_ratio, (int, float)) or isinstance(self.mask_ratio, bool):
             raise ValueError(f"AudioMAEConfig.mask_ratio must be a number, got {self.mask_ratio!r}")
         if not isinstance(self.norm_pix_loss, bool):
-            raise ValueError(f"AudioMAEConfig.norm_pix_loss must be true or false, got {self.norm_pix_loss!r}")
+            raise ValueError(
+                f"AudioMAEConfig.norm_pix_loss must be true or false, got {self.norm_pix_loss!r}"
+            )
         if not isinstance(self.extra, dict):
-            raise ValueError(f"AudioMAEConfig.extra must be an object, got {type(self.extra).__name__}")
+            raise ValueError(
+                f"AudioMAEConfig.extra must be an object, got {type(self.extra).__name__}"
+            )
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property

@@ -19,8 +19,12 @@ CONFIG_NAME = "config.json"
 FORMAT = "audiomaepp-model/1"  # bumped if the key layout ever changes
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | Path,
-                    extra_json: dict[str, Any] | None = None, fmt: str = FORMAT) -> Path:
+def save_pretrained(
+    model: torch.nn.Module,
+    directory: str | Path,
+    extra_json: dict[str, Any] | None = None,
+    fmt: str = FORMAT,
+) -> Path:
     """Write ``model``'s weights and config to ``directory`` (created if needed).
 
     ``config.json`` names the architecture (the model's class, e.g. ``AudioMAE`` or
@@ -56,7 +60,9 @@ def _listing(items: list[str], limit: int = 8) -> str:
     return f"{shown}, ... ({len(items) - limit} more)" if len(items) > limit else shown
 
 
-def _shape_problems(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> list[str]:
+def _shape_problems(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> list[str]:
     """Missing, unexpected and mis-shaped keys of ``found`` against ``expected`` (key -> shape)."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -86,7 +92,9 @@ def _raise_unless_fits(problems: list[str], source: str) -> None:
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Raise :class:`CheckpointError` naming the missing, unexpected or mis-shaped keys."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    _raise_unless_fits(_shape_problems(expected, {k: tuple(v.shape) for k, v in state.items()}), source)
+    _raise_unless_fits(
+        _shape_problems(expected, {k: tuple(v.shape) for k, v in state.items()}), source
+    )
 
 
 def check_weights_file(cfg: AudioMAEConfig, weights: str | Path) -> None:
@@ -107,7 +115,9 @@ def check_weights_file(cfg: AudioMAEConfig, weights: str | Path) -> None:
     _raise_unless_fits(_shape_problems(expected, found), str(weights))
 
 
-def load_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+def load_pretrained(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> torch.nn.Module:
     """Build the model of ``directory/config.json`` and load ``model.safetensors`` into it."""
     from .mae import AudioMAE
 

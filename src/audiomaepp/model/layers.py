@@ -50,7 +50,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
@@ -98,7 +100,9 @@ class VanillaBlock(nn.Module):
         self.norm2 = layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), nn.GELU)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
@@ -111,7 +115,9 @@ class PlusPlusBlock(nn.Module):
     optimizers and DDP ignore it); ``"ln3"`` is the corrected wiring.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, swiglu_norm: str = "ln2") -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, swiglu_norm: str = "ln2"
+    ) -> None:
         super().__init__()
         self.swiglu_norm = swiglu_norm
         self.norm1 = layer_norm(dim)
@@ -123,14 +129,18 @@ class PlusPlusBlock(nn.Module):
         if swiglu_norm == "ln2":
             self.norm3.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         x = x + 0.5 * self.ffn1(self.norm1(x))
         x = x + self.attn(self.norm2(x), rope)
         norm = self.norm2 if self.swiglu_norm == "ln2" else self.norm3
         return x + self.ffn2(norm(x))
 
 
-def make_block(kind: str, dim: int, num_heads: int, mlp_ratio: float, swiglu_norm: str) -> nn.Module:
+def make_block(
+    kind: str, dim: int, num_heads: int, mlp_ratio: float, swiglu_norm: str
+) -> nn.Module:
     if kind == "plusplus":
         return PlusPlusBlock(dim, num_heads, mlp_ratio, swiglu_norm)
     return VanillaBlock(dim, num_heads, mlp_ratio)
@@ -139,9 +149,19 @@ def make_block(kind: str, dim: int, num_heads: int, mlp_ratio: float, swiglu_nor
 class BlockStack(nn.ModuleList):
     """A sequence of blocks sharing one RoPE table (identical per block, computed once per call)."""
 
-    def __init__(self, kind: str, depth: int, dim: int, num_heads: int, mlp_ratio: float,
-                 swiglu_norm: str, rope: str) -> None:
-        super().__init__(make_block(kind, dim, num_heads, mlp_ratio, swiglu_norm) for _ in range(depth))
+    def __init__(
+        self,
+        kind: str,
+        depth: int,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        swiglu_norm: str,
+        rope: str,
+    ) -> None:
+        super().__init__(
+            make_block(kind, dim, num_heads, mlp_ratio, swiglu_norm) for _ in range(depth)
+        )
         self.rope = rope
         self.head_dim = dim // num_heads
 

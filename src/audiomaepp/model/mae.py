@@ -37,7 +37,9 @@ def patchify(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
     return x.reshape(B, (T // pt) * (Fq // pf), pt * pf * C)
 
 
-def unpatchify(patches: torch.Tensor, grid: tuple[int, int], patch: tuple[int, int]) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, grid: tuple[int, int], patch: tuple[int, int]
+) -> torch.Tensor:
     """Inverse of :func:`patchify` for one channel: ``(B, L, pt*pf)`` -> ``(B, 1, T, F)``."""
     B = patches.shape[0]
     (gt, gf), (pt, pf) = grid, patch
@@ -74,7 +76,9 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, cfg: AudioMAEConfig) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.proj = nn.Conv2d(
+            cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, 50, 5) -> (B, 250, D)
@@ -90,8 +94,15 @@ class Encoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         table = sincos_2d(cfg.embed_dim, cfg.grid_size)  # (1 + L, D)
         self.pos_embed = nn.Parameter(table.unsqueeze(0), requires_grad=False)
-        self.blocks = BlockStack(cfg.block, cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio,
-                                 cfg.swiglu_norm, cfg.encoder_rope)
+        self.blocks = BlockStack(
+            cfg.block,
+            cfg.depth,
+            cfg.embed_dim,
+            cfg.num_heads,
+            cfg.mlp_ratio,
+            cfg.swiglu_norm,
+            cfg.encoder_rope,
+        )
         self.norm = layer_norm(cfg.embed_dim)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,8 +135,15 @@ class Decoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
         table = sincos_seq(cfg.decoder_embed_dim, cfg.num_patches)  # (1 + L, Dd)
         self.pos_embed = nn.Parameter(table.unsqueeze(0), requires_grad=False)
-        self.blocks = BlockStack(cfg.decoder_block, cfg.decoder_depth, cfg.decoder_embed_dim,
-                                 cfg.decoder_num_heads, cfg.mlp_ratio, cfg.swiglu_norm, cfg.decoder_rope)
+        self.blocks = BlockStack(
+            cfg.decoder_block,
+            cfg.decoder_depth,
+            cfg.decoder_embed_dim,
+            cfg.decoder_num_heads,
+            cfg.mlp_ratio,
+            cfg.swiglu_norm,
+            cfg.decoder_rope,
+        )
         self.norm = layer_norm(cfg.decoder_embed_dim)
         self.pred = nn.Linear(cfg.decoder_embed_dim, cfg.patch_dim)
 
@@ -154,7 +172,9 @@ class AudioMAE(nn.Module):
 
     # ---- init (spec §3) ------------------------------------------------------------------------
     def init_weights(self) -> None:
-        nn.init.xavier_uniform_(self.encoder.patch_embed.proj.weight)  # 4-D as is: fan_in 64, fan_out 64 D
+        nn.init.xavier_uniform_(
+            self.encoder.patch_embed.proj.weight
+        )  # 4-D as is: fan_in 64, fan_out 64 D
         nn.init.zeros_(self.encoder.patch_embed.proj.bias)
         nn.init.normal_(self.encoder.cls_token, std=0.02)
         nn.init.normal_(self.decoder.mask_token, std=0.02)
@@ -219,7 +239,10 @@ class AudioMAE(nn.Module):
         """Matmul FLOPs of feature extraction for one 2-s chunk: unmasked encoder, 1 + 250 tokens."""
         cfg = self.config
         patch = 2 * cfg.num_patches * cfg.patch_dim * cfg.embed_dim
-        return float(patch + _stack_flops(cfg.depth, cfg.embed_dim, 1 + cfg.num_patches, cfg.block, cfg.mlp_ratio))
+        return float(
+            patch
+            + _stack_flops(cfg.depth, cfg.embed_dim, 1 + cfg.num_patches, cfg.block, cfg.mlp_ratio)
+        )
 
     def flops_per_sample(self) -> float:
         """Approximate training FLOPs per sample (forward + backward = 3x forward matmuls)."""
@@ -232,7 +255,9 @@ class AudioMAE(nn.Module):
         return save_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> AudioMAE:
+    def from_pretrained(
+        cls, directory: str | Path, map_location: str | torch.device = "cpu"
+    ) -> AudioMAE:
         """A model directory, or a Hugging Face Hub repo id (``owner/name``, via the Hub cache)."""
         from ..export.hub import resolve_model_dir
         from .io import load_pretrained
@@ -262,8 +287,13 @@ def _forward_flops(cfg: AudioMAEConfig) -> float:
     enc_tokens, dec_tokens = 1 + cfg.num_keep, 1 + cfg.num_patches
     patch = 2 * cfg.num_patches * cfg.patch_dim * cfg.embed_dim
     enc = _stack_flops(cfg.depth, cfg.embed_dim, enc_tokens, cfg.block, cfg.mlp_ratio)
-    dec = _stack_flops(cfg.decoder_depth, cfg.decoder_embed_dim, dec_tokens, cfg.decoder_block, cfg.mlp_ratio)
-    head = 2 * enc_tokens * cfg.embed_dim * cfg.decoder_embed_dim + 2 * dec_tokens * cfg.decoder_embed_dim * cfg.patch_dim
+    dec = _stack_flops(
+        cfg.decoder_depth, cfg.decoder_embed_dim, dec_tokens, cfg.decoder_block, cfg.mlp_ratio
+    )
+    head = (
+        2 * enc_tokens * cfg.embed_dim * cfg.decoder_embed_dim
+        + 2 * dec_tokens * cfg.decoder_embed_dim * cfg.patch_dim
+    )
     return float(patch + enc + dec + head)
 
 

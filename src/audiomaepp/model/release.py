@@ -93,10 +93,25 @@ def load_release_checkpoint(path: str | Path) -> dict[str, Any]:
 
 # ---- config -------------------------------------------------------------------------------------
 _RELEASE_ARGS = {
-    "img_size", "patch_size", "mask_ratio", "mlp_ratio", "embed_dim", "depth", "num_heads",
-    "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "encoder_plusplus_block",
-    "decoder_plusplus_block", "encoder_use_swiglu_final_ffn", "decoder_use_swiglu_final_ffn",
-    "encoder_use_rope", "decoder_use_rope", "use_cls_token", "norm_pix_loss", "in_chans",
+    "img_size",
+    "patch_size",
+    "mask_ratio",
+    "mlp_ratio",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "decoder_embed_dim",
+    "decoder_depth",
+    "decoder_num_heads",
+    "encoder_plusplus_block",
+    "decoder_plusplus_block",
+    "encoder_use_swiglu_final_ffn",
+    "decoder_use_swiglu_final_ffn",
+    "encoder_use_rope",
+    "decoder_use_rope",
+    "use_cls_token",
+    "norm_pix_loss",
+    "in_chans",
 }
 
 
@@ -110,9 +125,13 @@ def config_from_release_args(args: dict[str, Any]) -> AudioMAEConfig:
     if unknown:
         raise CheckpointError(f"release config: unknown argument(s) {sorted(unknown)}")
     if not args.get("use_cls_token", True):
-        raise CheckpointError("release config: use_cls_token=False is not supported (every release uses cls)")
+        raise CheckpointError(
+            "release config: use_cls_token=False is not supported (every release uses cls)"
+        )
     for side in ("encoder", "decoder"):
-        if args.get(f"{side}_plusplus_block", True) and not args.get(f"{side}_use_swiglu_final_ffn", True):
+        if args.get(f"{side}_plusplus_block", True) and not args.get(
+            f"{side}_use_swiglu_final_ffn", True
+        ):
             raise CheckpointError(
                 f"release config: {side}_use_swiglu_final_ffn=False is not supported "
                 "(no released model uses it)"
@@ -124,10 +143,24 @@ def config_from_release_args(args: dict[str, Any]) -> AudioMAEConfig:
     def rope(side: str) -> str:
         return "sequence" if args.get(f"{side}_use_rope", False) else "none"
 
-    fields = {k: args[k] for k in (
-        "img_size", "patch_size", "mask_ratio", "mlp_ratio", "embed_dim", "depth", "num_heads",
-        "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "norm_pix_loss", "in_chans",
-    ) if k in args}
+    fields = {
+        k: args[k]
+        for k in (
+            "img_size",
+            "patch_size",
+            "mask_ratio",
+            "mlp_ratio",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "decoder_embed_dim",
+            "decoder_depth",
+            "decoder_num_heads",
+            "norm_pix_loss",
+            "in_chans",
+        )
+        if k in args
+    }
     return AudioMAEConfig(
         **fields,
         block=block("encoder"),
@@ -182,7 +215,9 @@ def convert_release_state_dict(
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not torch.is_tensor(value):
-            raise CheckpointError(f"{source}: key {key!r} holds {type(value).__name__}, not a tensor")
+            raise CheckpointError(
+                f"{source}: key {key!r} holds {type(value).__name__}, not a tensor"
+            )
         if key.endswith("rope.freqs"):
             _check_rope_table(key, value, model, source)
             continue
@@ -200,8 +235,12 @@ def _check_rope_table(key: str, value: torch.Tensor, model: AudioMAE, source: st
     heads = cfg.num_heads if side == "encoder" else cfg.decoder_num_heads
     width = cfg.embed_dim if side == "encoder" else cfg.decoder_embed_dim
     ours = rope_freqs(width // heads)
-    if value.numel() != ours.numel() or not torch.allclose(value.float().flatten(), ours, rtol=1e-5):
-        raise CheckpointError(f"{source}: key {key!r} is not the RoPE table (base 10000) we compute")
+    if value.numel() != ours.numel() or not torch.allclose(
+        value.float().flatten(), ours, rtol=1e-5
+    ):
+        raise CheckpointError(
+            f"{source}: key {key!r} is not the RoPE table (base 10000) we compute"
+        )
 
 
 # ---- whole conversion -------------------------------------------------------------------------------
@@ -224,11 +263,16 @@ def convert_release(
             try:
                 args = json.loads(Path(args).read_text())
             except (OSError, json.JSONDecodeError) as exc:
-                raise CheckpointError(f"{release_config}: cannot read release config ({exc})") from exc
+                raise CheckpointError(
+                    f"{release_config}: cannot read release config ({exc})"
+                ) from exc
         cfg = config_from_release_args(args)
     elif preset is not None:
         cfg = AudioMAEConfig.preset(
-            preset, swiglu_norm="ln2", token_layout="release", extra={"source": "release", "preset": preset}
+            preset,
+            swiglu_norm="ln2",
+            token_layout="release",
+            extra={"source": "release", "preset": preset},
         )
     else:
         args = _embedded_model_args(ckpt.get("args"))

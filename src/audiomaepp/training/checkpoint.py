@@ -55,8 +55,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and (p / STATE_NAME).is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and (p / STATE_NAME).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -77,7 +80,9 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
         return path
     latest = latest_checkpoint(path) if path.is_dir() else None
     if latest is None:
-        raise CheckpointError(f"--resume {resume}: not a checkpoint folder nor a run folder with checkpoints")
+        raise CheckpointError(
+            f"--resume {resume}: not a checkpoint folder nor a run folder with checkpoints"
+        )
     return latest
 
 
@@ -105,14 +110,22 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     py_state = random.getstate()
     tensors = {
         "torch_cpu": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np.ascontiguousarray(np_state[1], dtype=np.uint32).view(np.uint8).copy()),
-        "python_state": torch.from_numpy(np.array(py_state[1], dtype=np.uint32).view(np.uint8).copy()),
+        "numpy_keys": torch.from_numpy(
+            np.ascontiguousarray(np_state[1], dtype=np.uint32).view(np.uint8).copy()
+        ),
+        "python_state": torch.from_numpy(
+            np.array(py_state[1], dtype=np.uint32).view(np.uint8).copy()
+        ),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["torch_cuda"] = torch.cuda.get_rng_state()
     meta = {
-        "numpy": {"algorithm": np_state[0], "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "algorithm": np_state[0],
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": {"version": py_state[0], "gauss_next": py_state[2]},
     }
     return tensors, meta
@@ -139,7 +152,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def flatten_optimizer(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(tensors, meta)``: per-parameter state keyed by parameter name, groups as JSON."""
     sd = optimizer.state_dict()
     names = optimizer_param_names(optimizer)
@@ -156,7 +171,9 @@ def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"names": names, "param_groups": groups, "scalars": scalars}
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     """Load what :func:`flatten_optimizer` wrote into ``optimizer`` (same parameters, same order)."""
     names = optimizer_param_names(optimizer)
     if meta["names"] != names:
@@ -220,9 +237,17 @@ def save_checkpoint(
     return final
 
 
-def _write_checkpoint(folder: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                      state: dict[str, Any], scaler: torch.amp.GradScaler | None) -> None:
-    model.save_pretrained(folder)  # model.safetensors + config.json (+ labels.json for a classifier)
+def _write_checkpoint(
+    folder: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    model.save_pretrained(
+        folder
+    )  # model.safetensors + config.json (+ labels.json for a classifier)
     opt_tensors, opt_meta = flatten_optimizer(optimizer)
     save_file(opt_tensors, str(folder / OPTIM_NAME), metadata={"format": FORMAT})
     rng_tensors, rng_meta = capture_rng()

@@ -71,18 +71,26 @@ class TrainConfig(RecipeConfig):
 
     # ---- model -----------------------------------------------------------------------------------
     preset: str = "base"  # AudioMAE++-Base is the paper's main model
-    model: dict[str, Any] = field(default_factory=dict)  # AudioMAEConfig field overrides on the preset
+    model: dict[str, Any] = field(
+        default_factory=dict
+    )  # AudioMAEConfig field overrides on the preset
     # ---- data ------------------------------------------------------------------------------------
     data: str | None = None  # shards / manifest folder / audio folder for audiomaepp.data
     out_dir: str = "runs/pretrain"  # run directory: checkpoints, metrics, viz, exported model
     samples_per_epoch: int | None = None  # None: one crop per stored clip per epoch, as the paper
-    num_workers: int = 8  # DataLoader workers per rank: 8 decode float16 shards faster than a GPU eats
+    num_workers: int = (
+        8  # DataLoader workers per rank: 8 decode float16 shards faster than a GPU eats
+    )
     shuffle_buffer: int = 5000  # clips mixed within a worker's stream (the loader's default)
     # ---- schedule (spec §6) ------------------------------------------------------------------------
     epochs: int = 100  # the paper pretrains for 100 epochs
-    warmup_epochs: float = 10.0  # 10 linear warm-up epochs (with --max-steps: the same 10 % of the steps)
+    warmup_epochs: float = (
+        10.0  # 10 linear warm-up epochs (with --max-steps: the same 10 % of the steps)
+    )
     warmup_steps: int | None = None  # overrides warmup_epochs (short runs count in steps)
-    max_steps: int | None = None  # overrides epochs: the schedule ends (lr = 0) after this many steps
+    max_steps: int | None = (
+        None  # overrides epochs: the schedule ends (lr = 0) after this many steps
+    )
     stop_after: int | None = None  # stop (checkpoint, exit 0) after this step, schedule unchanged
     batch_size: int = 1024  # GLOBAL batch: 8 GPUs x 128 in the paper
     per_device_batch: int | None = None  # None: batch_size // world (no gradient accumulation)
@@ -96,8 +104,12 @@ class TrainConfig(RecipeConfig):
     # ---- runtime -----------------------------------------------------------------------------------
     device: str = "auto"  # auto: CUDA if available, else CPU
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (CPU autocast is slow)
-    compile: bool | None = None  # None: torch.compile on CUDA, eager on CPU (compiling costs minutes)
-    fused_adamw: bool | None = None  # None: fused AdamW on CUDA (one kernel; skips bad steps on device)
+    compile: bool | None = (
+        None  # None: torch.compile on CUDA, eager on CPU (compiling costs minutes)
+    )
+    fused_adamw: bool | None = (
+        None  # None: fused AdamW on CUDA (one kernel; skips bad steps on device)
+    )
     seed: int = 0  # model init, masking noise and data order all derive from it
     # ---- bookkeeping -------------------------------------------------------------------------------
     save_every: int = 1000  # steps between checkpoints (~20 min of base on 8 GPUs)
@@ -132,8 +144,16 @@ class TrainConfig(RecipeConfig):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TrainConfig.{name}={value}; must be >= 1 (or None)")
-        non_negative = ("warmup_epochs", "save_every", "keep_last", "viz_every", "num_workers",
-                        "min_lr", "weight_decay", "shuffle_buffer")
+        non_negative = (
+            "warmup_epochs",
+            "save_every",
+            "keep_last",
+            "viz_every",
+            "num_workers",
+            "min_lr",
+            "weight_decay",
+            "shuffle_buffer",
+        )
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}; must be >= 0")
@@ -150,4 +170,3 @@ class TrainConfig(RecipeConfig):
     def model_config(self) -> AudioMAEConfig:
         """The preset with the ``model`` overrides applied."""
         return AudioMAEConfig.preset(self.preset, **self.model)
-

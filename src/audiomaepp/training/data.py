@@ -22,11 +22,17 @@ def build_dataset(cfg: TrainConfig, env: DistEnv) -> Any:
     from ..data import make_pretraining_dataset
 
     if not cfg.data:
-        raise ValueError("no training data: set TrainConfig.data / --data (shards, manifest folder or audio)")
+        raise ValueError(
+            "no training data: set TrainConfig.data / --data (shards, manifest folder or audio)"
+        )
     if not any(ch in cfg.data for ch in "*?[") and not Path(cfg.data).exists():
         raise FileNotFoundError(f"training data {cfg.data}: no such file or folder")
     return make_pretraining_dataset(
-        cfg.data, cfg.samples_per_epoch, rank=env.rank, world_size=env.world_size, seed=cfg.seed,
+        cfg.data,
+        cfg.samples_per_epoch,
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=cfg.seed,
         shuffle_buffer=cfg.shuffle_buffer,
     )
 
@@ -43,12 +49,19 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def make_rank_loader(dataset: Any, per_device_batch: int, num_workers: int, pin_memory: bool) -> Any:
+def make_rank_loader(
+    dataset: Any, per_device_batch: int, num_workers: int, pin_memory: bool
+) -> Any:
     """``audiomaepp.data.loader.make_loader`` with workers that leave stop signals to the main process."""
     from ..data import make_loader
 
-    return make_loader(dataset, per_device_batch, num_workers=num_workers, pin_memory=pin_memory,
-                       worker_init_fn=ignore_stop_signals)
+    return make_loader(
+        dataset,
+        per_device_batch,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        worker_init_fn=ignore_stop_signals,
+    )
 
 
 class BatchStream:
@@ -71,6 +84,8 @@ class BatchStream:
         try:
             batch = next(self._it)
         except StopIteration:
-            raise RuntimeError(f"the data loader ran out in epoch {self.epoch}: it yields fewer "
-                               "samples than samples_per_epoch / world_size") from None
+            raise RuntimeError(
+                f"the data loader ran out in epoch {self.epoch}: it yields fewer "
+                "samples than samples_per_epoch / world_size"
+            ) from None
         return batch[0] if isinstance(batch, (tuple, list)) else batch

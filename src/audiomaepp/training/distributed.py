@@ -70,7 +70,9 @@ def init_distributed(device_choice: str = "auto", timeout_s: int = 1800) -> Dist
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
-    logger.info("rank %d/%d (local %d) on %s, backend %s", rank, world, local, device, dist.get_backend())
+    logger.info(
+        "rank %d/%d (local %d) on %s, backend %s", rank, world, local, device, dist.get_backend()
+    )
     return DistEnv(dist.get_rank(), dist.get_world_size(), local, device, control)
 
 
@@ -114,7 +116,9 @@ class FlagAgreement:
             work.wait()
             agreed = bool(buf.item())
         buf = torch.tensor([int(local_flag)], dtype=torch.int32)
-        work = dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.env.control_group, async_op=True)
+        work = dist.all_reduce(
+            buf, op=dist.ReduceOp.MAX, group=self.env.control_group, async_op=True
+        )
         self._pending = (work, buf)
         return agreed
 
@@ -134,8 +138,11 @@ def broadcast_text(text: str | None, env: DistEnv) -> str | None:
     dist.broadcast(size, src=0, group=env.control_group)
     if int(size) < 0:
         return None
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if env.is_main else torch.empty(
-        int(size), dtype=torch.uint8)
+    buf = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if env.is_main
+        else torch.empty(int(size), dtype=torch.uint8)
+    )
     if int(size):
         dist.broadcast(buf, src=0, group=env.control_group)
     return bytes(buf.tolist()).decode()
@@ -168,5 +175,7 @@ def run_on_main(fn: Callable[[], T], env: DistEnv, what: str) -> T | None:
     if error is not None:
         raise error
     if failed:
-        raise RuntimeError(f"rank 0 failed while {what}; rank {env.rank} stops too (see rank 0's error)")
+        raise RuntimeError(
+            f"rank 0 failed while {what}; rank {env.rank} stops too (see rank 0's error)"
+        )
     return result

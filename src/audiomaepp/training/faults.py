@@ -30,7 +30,9 @@ class StopRequest:
         self._pid = os.getpid()
 
     def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
+        if (
+            threading.current_thread() is threading.main_thread()
+        ):  # handlers live in the main thread
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -48,4 +50,7 @@ class StopRequest:
         self.requested, self.signum = True, signum
         name = signal.Signals(signum).name
         # os.write, not logging: a signal handler must not take the logging lock.
-        os.write(2, f"\n{name} received: checkpointing at the next step boundary, then exiting\n".encode())
+        os.write(
+            2,
+            f"\n{name} received: checkpointing at the next step boundary, then exiting\n".encode(),
+        )

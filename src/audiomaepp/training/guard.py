@@ -81,28 +81,41 @@ class NonFiniteGuard:
         self.max_run = torch.maximum(self.max_run, self.run)
         self.window = self.window + bad.long()
 
-    def after_step(self, bad: torch.Tensor, loss: torch.Tensor, norm: torch.Tensor, step: int,
-                   report: bool) -> None:
+    def after_step(
+        self, bad: torch.Tensor, loss: torch.Tensor, norm: torch.Tensor, step: int, report: bool
+    ) -> None:
         """Per-step report and stop check, only where host reads are free (plain AdamW)."""
         if not self.sync_each_step or not bool(bad):
             return
         if report:
-            logger.warning("step %d: non-finite loss %s / grad norm %s: skipped the update",
-                           step, float(loss), float(norm))
+            logger.warning(
+                "step %d: non-finite loss %s / grad norm %s: skipped the update",
+                step,
+                float(loss),
+                float(norm),
+            )
         self._raise_if_exceeded(int(self.run), step)
 
     # ---- log steps -------------------------------------------------------------------------------------
-    def at_log(self, step: int, reduce_max: Callable[[torch.Tensor], torch.Tensor], report: bool) -> int:
+    def at_log(
+        self, step: int, reduce_max: Callable[[torch.Tensor], torch.Tensor], report: bool
+    ) -> int:
         """Agree on the counters over ranks, reset the window, stop or warn; returns the bad steps
         since the last log step (for the metrics record)."""
-        max_run, window = (int(v) for v in reduce_max(torch.stack([self.max_run, self.window])).tolist())
+        max_run, window = (
+            int(v) for v in reduce_max(torch.stack([self.max_run, self.window])).tolist()
+        )
         self.max_run = self.run.clone()
         self.window = torch.zeros_like(self.window)
         self.total += window
         self._raise_if_exceeded(max_run, step)
         if window and report and not self.sync_each_step:  # plain AdamW reported them already
-            logger.warning("skipped %d optimizer step(s) with a non-finite loss or gradient norm "
-                           "(up to step %d)", window, step)
+            logger.warning(
+                "skipped %d optimizer step(s) with a non-finite loss or gradient norm "
+                "(up to step %d)",
+                window,
+                step,
+            )
         return window
 
     def _raise_if_exceeded(self, run: int, step: int) -> None:

@@ -49,7 +49,9 @@ def peak_flops(device: torch.device, override_tflops: float | None = None) -> fl
     return None
 
 
-def mfu(samples_per_s: float, flops_per_sample: float, peak: float | None, world_size: int) -> float | None:
+def mfu(
+    samples_per_s: float, flops_per_sample: float, peak: float | None, world_size: int
+) -> float | None:
     """Model FLOPs utilisation over all devices, or None without a peak."""
     if not peak:
         return None
@@ -78,7 +80,11 @@ class MetricsWriter:
         if self._tb is not None:
             step = int(record["step"])
             for key, value in record.items():
-                if key not in ("step", "time") and isinstance(value, (int, float)) and value is not None:
+                if (
+                    key not in ("step", "time")
+                    and isinstance(value, (int, float))
+                    and value is not None
+                ):
                     self._tb.add_scalar(f"train/{key}", value, step)
 
     def close(self) -> None:

@@ -26,7 +26,9 @@ NOISE_STREAM = 0x6E6F697365  # "noise": keeps this stream apart from other uses 
 class MaskNoise:
     """Per-step masking noise on ``device`` (generated there: no host-to-device copy)."""
 
-    def __init__(self, seed: int, global_batch: int, num_patches: int, device: torch.device) -> None:
+    def __init__(
+        self, seed: int, global_batch: int, num_patches: int, device: torch.device
+    ) -> None:
         self.seed = seed
         self.shape = (global_batch, num_patches)
         self.device = device

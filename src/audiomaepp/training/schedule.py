@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass
 
 
-def lr_at(step: int, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
+def lr_at(
+    step: int, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0
+) -> float:
     """The lr of optimizer step ``step`` (0-based).
 
     Warm-up: ``peak * step / warmup`` (0 at step 0, as MAE). Then

@@ -130,8 +130,17 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-_INTS = ("step", "global_batch", "steps_per_epoch", "total_steps", "warmup_steps", "seed",
-         "world_size", "per_device_batch", "num_workers")
+_INTS = (
+    "step",
+    "global_batch",
+    "steps_per_epoch",
+    "total_steps",
+    "warmup_steps",
+    "seed",
+    "world_size",
+    "per_device_batch",
+    "num_workers",
+)
 _FLOATS = ("peak_lr", "min_lr", "weight_decay", "eps", "clip_grad", "elapsed_s")
 _DICTS = ("model_config", "nonfinite", "train_config")
 
@@ -160,8 +169,10 @@ def _checked(name: str, value: Any, source: str) -> Any:
             raise bad("an object of integers")
         return value
     if name == "betas":
-        if not isinstance(value, list) or len(value) != 2 or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) for b in value
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in value)
         ):
             raise bad("two numbers")
         return (float(value[0]), float(value[1]))

@@ -81,7 +81,9 @@ class RunPlan:
         return dataclasses.asdict(self)
 
 
-def plan_run(cfg: TrainConfig, device: torch.device, world_size: int, samples_per_epoch: int) -> RunPlan:
+def plan_run(
+    cfg: TrainConfig, device: torch.device, world_size: int, samples_per_epoch: int
+) -> RunPlan:
     """Work out precision, compile, batch split, steps and schedule lengths; raise on misfits."""
     cuda = device.type == "cuda"
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
@@ -94,22 +96,33 @@ def plan_run(cfg: TrainConfig, device: torch.device, world_size: int, samples_pe
         )
     steps_per_epoch = samples_per_epoch // G
     if steps_per_epoch < 1:
-        raise ValueError(f"samples_per_epoch {samples_per_epoch} is smaller than the global batch {G} "
-                         "(set --samples-per-epoch, or use more clips or a smaller --batch-size)")
+        raise ValueError(
+            f"samples_per_epoch {samples_per_epoch} is smaller than the global batch {G} "
+            "(set --samples-per-epoch, or use more clips or a smaller --batch-size)"
+        )
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     if cfg.warmup_steps is not None:
         warmup = cfg.warmup_steps
-    elif cfg.max_steps is not None:  # a shortened schedule keeps the recipe's warm-up share (10 of 100)
+    elif (
+        cfg.max_steps is not None
+    ):  # a shortened schedule keeps the recipe's warm-up share (10 of 100)
         warmup = round(total * cfg.warmup_epochs / cfg.epochs)
     else:
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
     return RunPlan(
-        device=str(device), precision=precision,
+        device=str(device),
+        precision=precision,
         compile=cfg.compile if cfg.compile is not None else cuda,
         fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cuda,
-        world_size=world_size, per_device_batch=P, accum_steps=G // (P * world_size), global_batch=G,
-        samples_per_epoch=samples_per_epoch, steps_per_epoch=steps_per_epoch, total_steps=total,
-        warmup_steps=min(warmup, total), peak_lr=cfg.peak_lr(),
+        world_size=world_size,
+        per_device_batch=P,
+        accum_steps=G // (P * world_size),
+        global_batch=G,
+        samples_per_epoch=samples_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        warmup_steps=min(warmup, total),
+        peak_lr=cfg.peak_lr(),
     )
 
 
@@ -127,7 +140,9 @@ class RunResult:
     checkpoint: Path | None  # the last checkpoint written or resumed from
     final_loss: float | None  # last logged (global mean) loss
     elapsed_s: float  # wall time of this call
-    history: list[dict[str, Any]] = field(default_factory=list)  # metrics records logged by this call
+    history: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # metrics records logged by this call
     plan: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,7 +178,9 @@ def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
         return torch.zeros((), device=params[0].device)
     if hasattr(torch.nn.utils, "get_total_norm"):
         return torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    )
 
 
 def clip_to(params: list[torch.Tensor], max_norm: float, total: torch.Tensor) -> None:
@@ -183,7 +200,9 @@ class Trainer:
 
     progress_desc = "pretrain"  # the progress bar's label
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv, dataset: Any = None, model: AudioMAE | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, env: DistEnv, dataset: Any = None, model: AudioMAE | None = None
+    ) -> None:
         self.cfg, self.env = cfg, env
         self.device = env.device
         self.run_dir = Path(cfg.out_dir)
@@ -192,7 +211,9 @@ class Trainer:
         self.dataset = dataset if dataset is not None else build_dataset(cfg, env)
         self._check_dataset()
         self.plan = plan_run(cfg, self.device, env.world_size, int(self.dataset.samples_per_epoch))
-        self.schedule = LRSchedule(self.plan.peak_lr, self.plan.warmup_steps, self.plan.total_steps, cfg.min_lr)
+        self.schedule = LRSchedule(
+            self.plan.peak_lr, self.plan.warmup_steps, self.plan.total_steps, cfg.min_lr
+        )
         self._setup_numerics()
         self._setup_data()
         self.step = 0
@@ -201,7 +222,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._t0 = time.perf_counter()
         self._viz_input: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._postfix: dict[str, str] = {}  # progress-bar fields (loss, lr, ... and after_step's values)
+        self._postfix: dict[
+            str, str
+        ] = {}  # progress-bar fields (loss, lr, ... and after_step's values)
 
     # -- set-up --------------------------------------------------------------------------------------------
     def _check_dataset(self) -> None:
@@ -213,14 +236,21 @@ class Trainer:
     def _setup_numerics(self) -> None:
         plan, cuda = self.plan, self.device.type == "cuda"
         if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (the fp32 path) on tensor cores
+            torch.backends.cuda.matmul.allow_tf32 = (
+                True  # fp32 matmuls (the fp32 path) on tensor cores
+            )
             torch.backends.cudnn.allow_tf32 = True
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=plan.precision == "fp16")
         self.optimizer = self.make_optimizer()
         self.params = trainable_parameters(self.optimizer)
-        self.guard = NonFiniteGuard(self.device, self.cfg.max_nonfinite, scaler=self.scaler,
-                                    fused=plan.fused_adamw, distributed=self.env.distributed)
+        self.guard = NonFiniteGuard(
+            self.device,
+            self.cfg.max_nonfinite,
+            scaler=self.scaler,
+            fused=plan.fused_adamw,
+            distributed=self.env.distributed,
+        )
         module: nn.Module = self.make_loss_module()
         if self.env.distributed:
             ids = [self.device.index] if cuda else None
@@ -232,15 +262,23 @@ class Trainer:
         P, cuda = self.plan.per_device_batch, self.device.type == "cuda"
         loader = make_rank_loader(self.dataset, P, self.cfg.num_workers, pin_memory=cuda)
         self.batches = BatchStream(self.dataset, loader, P * self.plan.accum_steps)
-        self.noise = MaskNoise(self.cfg.seed, self.plan.global_batch, self.model.config.num_patches, self.device)
+        self.noise = MaskNoise(
+            self.cfg.seed, self.plan.global_batch, self.model.config.num_patches, self.device
+        )
         self.flops_per_sample = self.model.flops_per_sample()
         self.peak = peak_flops(self.device, self.cfg.peak_tflops)
 
     # -- extension points: fine-tuning (audiomaepp.finetune.trainer) overrides these -----------------------
     def make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over the model's decay / no-decay groups; a group's optional ``lr_scale`` multiplies its lr."""
-        return build_optimizer(self.model, self.plan.peak_lr, self.cfg.weight_decay, self.cfg.betas,
-                               self.cfg.eps, fused=self.plan.fused_adamw)
+        return build_optimizer(
+            self.model,
+            self.plan.peak_lr,
+            self.cfg.weight_decay,
+            self.cfg.betas,
+            self.cfg.eps,
+            fused=self.plan.fused_adamw,
+        )
 
     def make_loss_module(self) -> nn.Module:
         """The module DDP wraps and torch.compile compiles: ``forward(*loss_inputs(...)) -> loss``."""
@@ -270,7 +308,12 @@ class Trainer:
         self.guard.load(saved.nonfinite)
         self.elapsed_before = saved.elapsed_s
         self.last_checkpoint = path
-        logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.step // self.plan.steps_per_epoch)
+        logger.info(
+            "resumed from %s at step %d (epoch %d)",
+            path,
+            self.step,
+            self.step // self.plan.steps_per_epoch,
+        )
 
     # -- one optimizer step ---------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -297,7 +340,9 @@ class Trainer:
         """One optimizer step; returns ``(loss, grad_norm, bad, lr)`` (device tensors, no host sync)."""
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise lr decay (fine-tuning) scales groups
+            group["lr"] = lr * group.get(
+                "lr_scale", 1.0
+            )  # layer-wise lr decay (fine-tuning) scales groups
         noise = self.noise.for_step(self.step)
         losses = [self._micro_step(m, noise) for m in range(self.plan.accum_steps)]
         loss = torch.stack(losses).mean()
@@ -327,7 +372,9 @@ class Trainer:
                 writer.close()
         return self._finish(interrupted or self.step < self.plan.total_steps, start)
 
-    def _loop(self, end: int, stop: StopRequest, writer: MetricsWriter | None, bar: Any, start: float) -> bool:
+    def _loop(
+        self, end: int, stop: StopRequest, writer: MetricsWriter | None, bar: Any, start: float
+    ) -> bool:
         """Train until ``end`` or an agreed stop request; returns whether it stopped early."""
         agree = FlagAgreement(self.env)
         window = self._new_window()
@@ -361,20 +408,32 @@ class Trainer:
         zero = torch.zeros((), device=self.device)
         return {"loss": zero.clone(), "ok": zero.long(), "steps": 0, "t0": time.perf_counter()}
 
-    def _log(self, window: dict[str, Any], norm: torch.Tensor, lr: float, writer: MetricsWriter | None,
-             bar: Any, start: float) -> None:
+    def _log(
+        self,
+        window: dict[str, Any],
+        norm: torch.Tensor,
+        lr: float,
+        writer: MetricsWriter | None,
+        bar: Any,
+        start: float,
+    ) -> None:
         """All-reduce the window's loss and counters (one host sync), then report them."""
         sums = all_reduce_(torch.stack([window["loss"], window["ok"].float()]), self.env)
         loss_sum, ok, gnorm = [*sums.tolist(), float(norm)]
-        skipped = self.guard.at_log(self.step, lambda t: all_reduce_(t, self.env, op="max"),
-                                    report=self.env.is_main)
+        skipped = self.guard.at_log(
+            self.step, lambda t: all_reduce_(t, self.env, op="max"), report=self.env.is_main
+        )
         seconds = time.perf_counter() - window["t0"]
         sps = window["steps"] * self.plan.global_batch / max(seconds, 1e-9)
         record = {
-            "step": self.step, "epoch": self.step / self.plan.steps_per_epoch,
-            "loss": loss_sum / ok if ok else float("nan"), "lr": lr, "samples_per_s": sps,
+            "step": self.step,
+            "epoch": self.step / self.plan.steps_per_epoch,
+            "loss": loss_sum / ok if ok else float("nan"),
+            "lr": lr,
+            "samples_per_s": sps,
             "mfu": mfu(sps, self.flops_per_sample, self.peak, self.env.world_size),
-            "grad_norm": gnorm, "skipped": int(skipped),
+            "grad_norm": gnorm,
+            "skipped": int(skipped),
             "time": self.elapsed_before + time.perf_counter() - start,
         }
         self.history.append(record)
@@ -386,23 +445,38 @@ class Trainer:
         """Log what :meth:`after_step` returned (rank 0 writes) and keep it on the progress bar."""
         record = {"step": self.step, **extra}
         self.history.append(record)
-        self._postfix.update({k: f"{v:.4g}" for k, v in extra.items() if isinstance(v, (int, float))})
+        self._postfix.update(
+            {k: f"{v:.4g}" for k, v in extra.items() if isinstance(v, (int, float))}
+        )
         if writer is not None:
             writer.write(record)
             if not bar.disable:
                 bar.set_postfix(self._postfix, refresh=False)
             else:
-                logger.info("step %d: %s", self.step, ", ".join(f"{k} {v}" for k, v in extra.items()))
+                logger.info(
+                    "step %d: %s", self.step, ", ".join(f"{k} {v}" for k, v in extra.items())
+                )
 
     def _report(self, r: dict[str, Any], bar: Any) -> None:
         mfu_text = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         if not bar.disable:
-            self._postfix.update(loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}", sps=f"{r['samples_per_s']:.0f}",
-                                 mfu=mfu_text)
+            self._postfix.update(
+                loss=f"{r['loss']:.4f}",
+                lr=f"{r['lr']:.2e}",
+                sps=f"{r['samples_per_s']:.0f}",
+                mfu=mfu_text,
+            )
             bar.set_postfix(self._postfix, refresh=False)
         else:
-            logger.info("step %d/%d loss %.4f lr %.3e %.1f samples/s MFU %s", r["step"],
-                        self.plan.total_steps, r["loss"], r["lr"], r["samples_per_s"], mfu_text)
+            logger.info(
+                "step %d/%d loss %.4f lr %.3e %.1f samples/s MFU %s",
+                r["step"],
+                self.plan.total_steps,
+                r["loss"],
+                r["lr"],
+                r["samples_per_s"],
+                mfu_text,
+            )
 
     def _periodic(self) -> None:
         if self.cfg.viz_every and self.step % self.cfg.viz_every == 0 and self.env.is_main:
@@ -412,8 +486,14 @@ class Trainer:
 
     def _progress(self) -> Any:
         disable = not (self.cfg.progress and self.env.is_main)
-        return tqdm(total=self.plan.total_steps, initial=self.step, disable=disable, unit="step",
-                    dynamic_ncols=True, desc=self.progress_desc)
+        return tqdm(
+            total=self.plan.total_steps,
+            initial=self.step,
+            disable=disable,
+            unit="step",
+            dynamic_ncols=True,
+            desc=self.progress_desc,
+        )
 
     # -- outputs -------------------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -421,20 +501,35 @@ class Trainer:
         ckpt.clean_partial(self.run_dir)
         truncate_metrics(self.run_dir, self.step)  # a resumed run logs the redone steps again
         atomic_write_bytes(self.run_dir / "train_config.json", self.cfg.to_json().encode())
-        plan = {"plan": self.plan.to_dict(), "model_config": self.model.config.to_dict(),
-                "num_params": self.model.num_params(), "flops_per_sample": self.flops_per_sample}
+        plan = {
+            "plan": self.plan.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "num_params": self.model.num_params(),
+            "flops_per_sample": self.flops_per_sample,
+        }
         atomic_write_bytes(self.run_dir / "plan.json", json.dumps(plan, indent=2).encode())
 
     def state(self) -> TrainState:
         """What a checkpoint of the current step stores besides tensors (see :mod:`.state`)."""
         cfg, plan = self.cfg, self.plan
         return TrainState(
-            step=self.step, global_batch=plan.global_batch, steps_per_epoch=plan.steps_per_epoch,
-            total_steps=plan.total_steps, warmup_steps=plan.warmup_steps, peak_lr=plan.peak_lr,
-            min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=cfg.eps,
-            clip_grad=cfg.clip_grad, precision=plan.precision, seed=cfg.seed,
-            model_config=self.model.config.to_dict(), **self._layout(),
-            nonfinite=self.guard.state(), train_config=cfg.to_dict(),
+            step=self.step,
+            global_batch=plan.global_batch,
+            steps_per_epoch=plan.steps_per_epoch,
+            total_steps=plan.total_steps,
+            warmup_steps=plan.warmup_steps,
+            peak_lr=plan.peak_lr,
+            min_lr=cfg.min_lr,
+            weight_decay=cfg.weight_decay,
+            betas=tuple(cfg.betas),
+            eps=cfg.eps,
+            clip_grad=cfg.clip_grad,
+            precision=plan.precision,
+            seed=cfg.seed,
+            model_config=self.model.config.to_dict(),
+            **self._layout(),
+            nonfinite=self.guard.state(),
+            train_config=cfg.to_dict(),
             elapsed_s=self.elapsed_before + time.perf_counter() - self._t0,
         )
 
@@ -444,14 +539,19 @@ class Trainer:
         A failed save (disk full, quota, I/O error) ends every rank at once with the error,
         rather than leaving the others waiting for rank 0 until the collective timeout.
         """
-        path = run_on_main(self._write_checkpoint, self.env, f"writing the checkpoint of step {self.step}")
+        path = run_on_main(
+            self._write_checkpoint, self.env, f"writing the checkpoint of step {self.step}"
+        )
         if path is not None:
             self.last_checkpoint = path
         return path
 
     def _layout(self) -> dict[str, int]:
-        return {"world_size": self.env.world_size, "per_device_batch": self.plan.per_device_batch,
-                "num_workers": self.cfg.num_workers}
+        return {
+            "world_size": self.env.world_size,
+            "per_device_batch": self.plan.per_device_batch,
+            "num_workers": self.cfg.num_workers,
+        }
 
     def _export(self, model_dir: Path) -> None:
         """``RUN_DIR/model`` as one unit: weights and config are never from two different saves."""
@@ -459,9 +559,15 @@ class Trainer:
             self.model.save_pretrained(tmp)
 
     def _write_checkpoint(self) -> Path:
-        return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
-                                    {**self.state().to_json(), **self.extra_state()}, self.scaler,
-                                    self.cfg.keep_last)
+        return ckpt.save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.model,
+            self.optimizer,
+            {**self.state().to_json(), **self.extra_state()},
+            self.scaler,
+            self.cfg.keep_last,
+        )
 
     def save_viz(self) -> Path | None:
         if self._viz_input is None:
@@ -481,12 +587,24 @@ class Trainer:
             run_on_main(lambda: self._export(model_dir), self.env, "exporting the model")
         barrier(self.env)
         final = next((r["loss"] for r in reversed(self.history) if "loss" in r), None)
-        result = RunResult(self.run_dir, self.step, self.plan.total_steps, finished, interrupted and not finished,
-                           model_dir, self.last_checkpoint, final, time.perf_counter() - start,
-                           self.history, self.plan.to_dict())
+        result = RunResult(
+            self.run_dir,
+            self.step,
+            self.plan.total_steps,
+            finished,
+            interrupted and not finished,
+            model_dir,
+            self.last_checkpoint,
+            final,
+            time.perf_counter() - start,
+            self.history,
+            self.plan.to_dict(),
+        )
         if self.env.is_main:
-            atomic_write_bytes(self.run_dir / "result.json",
-                               json.dumps(result.to_dict(), indent=1, default=str).encode())
+            atomic_write_bytes(
+                self.run_dir / "result.json",
+                json.dumps(result.to_dict(), indent=1, default=str).encode(),
+            )
         return result
 
 

@@ -16,7 +16,9 @@ from ..model import AudioMAE, unpatchify
 
 
 @torch.no_grad()
-def reconstruct(model: AudioMAE, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def reconstruct(
+    model: AudioMAE, x: torch.Tensor, noise: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """One clip ``x`` ``(1, 1, 200, 80)`` -> ``input``, ``mask``, ``recon``, ``pasted`` as ``(200, 80)``.
 
     ``mask`` is 1 where patches were removed; ``pasted`` is the reconstruction with the visible
@@ -34,11 +36,15 @@ def reconstruct(model: AudioMAE, x: torch.Tensor, noise: torch.Tensor | None = N
     mask = unpatchify(mask_patches, cfg.grid_size, cfg.patch_size)
     x = x.float()
     pasted = x * (1 - mask) + recon * mask
-    return {k: v[0, 0].cpu() for k, v in
-            {"input": x, "mask": mask, "recon": recon, "pasted": pasted}.items()}
+    return {
+        k: v[0, 0].cpu()
+        for k, v in {"input": x, "mask": mask, "recon": recon, "pasted": pasted}.items()
+    }
 
 
-def save_reconstruction_png(path: str | Path, images: dict[str, torch.Tensor], title: str = "") -> Path:
+def save_reconstruction_png(
+    path: str | Path, images: dict[str, torch.Tensor], title: str = ""
+) -> Path:
     """Four panels (input, masked input, reconstruction, reconstruction + visible) as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -46,15 +52,26 @@ def save_reconstruction_png(path: str | Path, images: dict[str, torch.Tensor], t
     x, mask = images["input"], images["mask"]
     masked = x.masked_fill(mask.bool(), float("nan"))  # removed patches show as blank
     kept = 100.0 * (1.0 - float(mask.mean()))
-    panels = [("input log-mel", x), (f"kept patches ({kept:.0f} %)", masked),
-              ("reconstruction", images["recon"]), ("reconstruction + visible", images["pasted"])]
+    panels = [
+        ("input log-mel", x),
+        (f"kept patches ({kept:.0f} %)", masked),
+        ("reconstruction", images["recon"]),
+        ("reconstruction + visible", images["pasted"]),
+    ]
     vmin, vmax = float(x.min()), float(x.max())
     fig = Figure(figsize=(12, 3.2), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels))
     for ax, (name, img) in zip(axes, panels, strict=True):
-        ax.imshow(img.T.numpy(), origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="magma",
-                  interpolation="nearest")
+        ax.imshow(
+            img.T.numpy(),
+            origin="lower",
+            aspect="auto",
+            vmin=vmin,
+            vmax=vmax,
+            cmap="magma",
+            interpolation="nearest",
+        )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("frame (10 ms)", fontsize=8)
         ax.tick_params(labelsize=7)
