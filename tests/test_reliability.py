@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from audiomaepp.errors import CheckpointError
 from audiomaepp.evaluation.tasks import TaskFormatError, read_task
 from audiomaepp.model import AudioMAE, AudioMAEConfig
-from audiomaepp.model.io import CONFIG_NAME, WEIGHTS_NAME, load_pretrained, save_pretrained
+from audiomaepp.model.io import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 
 MICRO = dict(
     embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2
@@ -48,7 +48,7 @@ def test_malformed_model_config_is_refused_naming_file_and_field(
     meta["config"][field] = value
     (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError) as err:
-        load_pretrained(tmp_path)
+        AudioMAE.from_pretrained(tmp_path)
     assert str(tmp_path / CONFIG_NAME) in str(err.value) and field in str(err.value)
 
 
@@ -73,7 +73,7 @@ def test_config_that_disagrees_with_weights_fails_before_allocating(
 
     monkeypatch.setattr(AudioMAE, "__init__", no_real_models)
     with pytest.raises(CheckpointError, match="mis-shaped") as err:
-        load_pretrained(tmp_path)
+        AudioMAE.from_pretrained(tmp_path)
     assert WEIGHTS_NAME in str(err.value)
 
 
@@ -82,7 +82,7 @@ def test_truncated_weights_header_is_a_checkpoint_error(tmp_path: Path) -> None:
     save_pretrained(AudioMAE(AudioMAEConfig(**MICRO)), tmp_path)
     (tmp_path / WEIGHTS_NAME).write_bytes((tmp_path / WEIGHTS_NAME).read_bytes()[:10])
     with pytest.raises(CheckpointError, match=WEIGHTS_NAME):
-        load_pretrained(tmp_path)
+        AudioMAE.from_pretrained(tmp_path)
 
 
 def test_weights_with_an_extra_tensor_are_refused(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_weights_with_an_extra_tensor_are_refused(tmp_path: Path) -> None:
     state["evil"] = torch.zeros(3)
     save_file(state, str(tmp_path / WEIGHTS_NAME))
     with pytest.raises(CheckpointError, match="unexpected key.*evil"):
-        load_pretrained(tmp_path)
+        AudioMAE.from_pretrained(tmp_path)
 
 
 # ---- HEAR task split files ----------------------------------------------------------------------------

@@ -1,14 +1,15 @@
-"""Atomic file writes: readers (and a resumed job) never see half a file.
+"""Atomic file writes: readers (and a resumed job) never see half a file. Strict JSON.
 
 Each write goes to a uniquely named temporary file in the target's folder, is flushed to disk,
 and replaces the target with ``os.replace`` (atomic on POSIX); concurrent writers of the same
-file cannot collide on the temporary name.
+file cannot collide on the temporary name. :func:`json_safe` makes report data strict JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -83,3 +84,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 1, sort_keys: bool = False) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n").encode())
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict JSON data: NaN / infinity -> ``null`` (JSON has no NaN), paths -> text,
+    tuples -> lists, keys -> text; containers recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

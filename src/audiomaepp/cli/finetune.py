@@ -143,12 +143,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def build_config(args: argparse.Namespace) -> Any:
     """FinetuneConfig from defaults <- ``--config`` <- the flags actually given."""
     from ..finetune import FinetuneConfig
-    from .pretrain import _parse_model_set
+    from .pretrain import parse_model_set
 
     given = vars(args)
     cfg = FinetuneConfig.from_json(given["config"]) if "config" in given else FinetuneConfig()
     changes = {k: v for k, v in given.items() if k not in _NOT_CONFIG}
-    overrides = {**cfg.model_overrides, **_parse_model_set(given.get("model_set", []))}
+    overrides = {**cfg.model_overrides, **parse_model_set(given.get("model_set", []))}
     cfg = cfg.replace(**changes, model_overrides=overrides)
     if not cfg.model or not cfg.task:
         raise ValueError("--model and --task are required (or set in --config)")

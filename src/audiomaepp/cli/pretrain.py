@@ -218,7 +218,8 @@ def _bookkeeping_args(g: argparse._ArgumentGroup) -> None:
     )
 
 
-def _parse_model_set(items: list[str]) -> dict[str, Any]:
+def parse_model_set(items: list[str]) -> dict[str, Any]:
+    """``--model-set FIELD=VALUE`` items -> model config overrides (JSON values, else text)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -240,7 +241,7 @@ def build_config(args: argparse.Namespace) -> Any:
     changes = {k: v for k, v in given.items() if k not in _NOT_CONFIG}
     model = dict(cfg.model)
     model.update({_MODEL_FLAGS[k]: v for k, v in given.items() if k in _MODEL_FLAGS})
-    model.update(_parse_model_set(given.get("model_set", [])))
+    model.update(parse_model_set(given.get("model_set", [])))
     cfg = cfg.replace(**changes, model=model)
     cfg.model_config()  # fail now on a bad preset / model field
     return cfg

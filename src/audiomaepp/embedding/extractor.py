@@ -113,7 +113,7 @@ class Embedder(nn.Module):
     ) -> Embedder:
         """An embedder over a model directory (``save_pretrained`` / ``convert-release`` output)
         or a Hugging Face Hub repo id (``owner/name``, fetched into the Hub cache)."""
-        from ..export.hub import resolve_model_dir
+        from ..model.hub import resolve_model_dir
 
         local = resolve_model_dir(directory)
         model = AudioMAE.from_pretrained(local)

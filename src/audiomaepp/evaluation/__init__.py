@@ -8,8 +8,9 @@ Public API::
     print(result.normalized)
 
 Modules: ``tasks`` (reader), ``embedders`` (protocol, log-mel baseline, factory), ``cache``
-(embedding cache), ``probe`` (the kit's MLP probe, batched over seeds x dropouts), ``metrics``, ``stats`` (t quantile, CI, aggregate
-score), ``runner`` (the protocol end to end), ``report`` (Markdown / CSV / JSON / PNG).
+(embedding cache), ``probe`` (the kit's MLP probe, batched over seeds x dropouts), ``metrics``,
+``stats`` (t quantile, CI, aggregate score), ``results`` (what an evaluation produces), ``runner``
+(the protocol end to end), ``report`` (Markdown / CSV / JSON / PNG).
 """
 
 from .cache import embed_split
@@ -17,9 +18,10 @@ from .embedders import ClipEmbedder, EmbedderError, LogMelStatsEmbedder, make_em
 from .metrics import METRICS, PERCENT_METRICS, compute_metrics
 from .probe import Member, ProbeConfig, ProbeData, ProbeResult, fit_members, probe_folds
 from .report import markdown_table, write_report
-from .runner import EvaluationResult, FoldRun, TaskResult, evaluate_task, probe_task, run_evaluation
+from .results import EvaluationResult, FoldRun, TaskResult
+from .runner import evaluate_task, probe_task, run_evaluation
 from .stats import mean_ci, normalized_scores, t_quantile
-from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task
+from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task, read_tasks
 
 __all__ = [
     "ClipEmbedder",
@@ -31,6 +33,7 @@ __all__ = [
     "Fold",
     "TaskFormatError",
     "read_task",
+    "read_tasks",
     "find_task_dirs",
     "ProbeConfig",
     "ProbeData",

@@ -105,7 +105,7 @@ def make_embedder(
         if not preset:
             raise EmbedderError(f"model spec {spec!r}: expected random:<preset>, e.g. random:base")
         return Embedder.random_init(preset, seed=seed, **kwargs)
-    from ..export.hub import REPO_ID
+    from ..model.hub import REPO_ID
 
     if not Path(spec).is_dir() and not REPO_ID.match(spec):
         raise EmbedderError(

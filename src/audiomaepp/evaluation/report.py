@@ -17,12 +17,12 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ..fileio import json_safe
 from .metrics import PERCENT_METRICS
-from .runner import EvaluationResult
+from .results import EvaluationResult
 
 __all__ = ["format_cell", "markdown_table", "write_report"]
 
@@ -173,17 +173,6 @@ def _write_png(result: EvaluationResult, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN / infinity -> ``null`` (strict JSON has no NaN); containers recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
     """Write ``results.md``, ``summary.csv``, ``scores.csv``, ``results.json``, ``results.png``."""
     out = Path(out_dir)
@@ -201,6 +190,6 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
     paths["md"].write_text(markdown_table(result))
     _write_summary_csv(result, paths["summary_csv"])
     _write_scores_csv(result, paths["scores_csv"])
-    paths["json"].write_text(json.dumps(_json_safe(result.to_dict()), indent=1, allow_nan=False))
+    paths["json"].write_text(json.dumps(json_safe(result.to_dict()), indent=1, allow_nan=False))
     _write_png(result, paths["png"])
     return paths

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,108 +22,18 @@ from .. import __version__
 from .cache import embed_split
 from .embedders import ClipEmbedder, EmbedderError, make_embedder
 from .probe import ProbeConfig, ProbeData, probe_folds
-from .stats import mean_ci, normalized_scores
-from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task
+from .report import write_report
+from .results import EvaluationResult, FoldRun, TaskResult
+from .stats import normalized_scores
+from .tasks import Fold, Task, read_tasks
 
 __all__ = [
-    "FoldRun",
-    "TaskResult",
-    "EvaluationResult",
     "run_evaluation",
     "evaluate_task",
     "probe_task",
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FoldRun:
-    """Probe outcome on one test fold for one seed."""
-
-    fold: str  # test split
-    valid: str  # validation split
-    dropout: float  # selected on validation
-    valid_score: float
-    best_epoch: int
-    epochs: int
-    test: dict[str, float]  # all task metrics on the test split
-
-
-@dataclass
-class TaskResult:
-    """All probe runs of one model on one task: ``runs[seed_index][fold_index]``."""
-
-    model: str
-    task: str
-    metrics: tuple[str, ...]
-    seeds: list[int]
-    runs: list[list[FoldRun]]
-    embedding_dim: int
-    prediction_type: str = ""
-    split_mode: str = ""
-
-    @property
-    def primary_metric(self) -> str:
-        return self.metrics[0]
-
-    def seed_scores(self, metric: str | None = None) -> list[float]:
-        """Per-seed task score: ``metric`` (default primary) averaged over the test folds."""
-        metric = metric or self.primary_metric
-        return [float(np.mean([r.test[metric] for r in folds])) for folds in self.runs]
-
-    def summary(self, metric: str | None = None) -> tuple[float, float]:
-        """``(mean, 95 % CI half-width)`` over seeds."""
-        return mean_ci(self.seed_scores(metric))
-
-    @property
-    def mean(self) -> float:
-        return self.summary()[0]
-
-    @property
-    def ci(self) -> float:
-        return self.summary()[1]
-
-
-@dataclass
-class EvaluationResult:
-    """Everything one evaluation produced; ``results[model][task]``."""
-
-    models: list[str]
-    tasks: list[str]
-    results: dict[str, dict[str, TaskResult]]
-    normalized: dict[str, float]
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with every number (per seed and fold too)."""
-        out: dict[str, Any] = {
-            "models": self.models,
-            "tasks": self.tasks,
-            "normalized_score": self.normalized,
-            "config": self.config,
-            "results": {},
-        }
-        for m in self.models:
-            out["results"][m] = {}
-            for t in self.tasks:
-                r = self.results[m][t]
-                mean, ci = r.summary()
-                out["results"][m][t] = {
-                    "primary_metric": r.primary_metric,
-                    "mean": mean,
-                    "ci95": ci,
-                    "seed_scores": r.seed_scores(),
-                    "seeds": r.seeds,
-                    "metrics": {
-                        k: dict(zip(("mean", "ci95"), r.summary(k), strict=True)) for k in r.metrics
-                    },
-                    "embedding_dim": r.embedding_dim,
-                    "prediction_type": r.prediction_type,
-                    "split_mode": r.split_mode,
-                    "runs": [[dataclasses.asdict(f) for f in folds] for folds in r.runs],
-                }
-        return out
 
 
 def _fold_data(task: Task, fold: Fold, emb: dict[str, np.ndarray], ys: dict[str, np.ndarray]):
@@ -217,15 +126,6 @@ def _unique_names(embedders: list[ClipEmbedder]) -> list[str]:
     return names
 
 
-def _read_tasks(task_dirs: Sequence[str | Path]) -> list[Task]:
-    tasks = [read_task(d) for d in find_task_dirs(list(task_dirs))]
-    names = [t.name for t in tasks]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise TaskFormatError(f"task name(s) {dup} appear in more than one task folder")
-    return tasks
-
-
 def run_evaluation(
     embedders: Sequence[ClipEmbedder | str],
     task_dirs: Sequence[str | Path],
@@ -250,7 +150,7 @@ def run_evaluation(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("need at least one seed")
-    tasks = _read_tasks(task_dirs)
+    tasks = read_tasks(task_dirs)
     names = _unique_names(embs)
     total = len(embs) * len(seed_list) * sum(len(t.folds()) for t in tasks)
     results: dict[str, dict[str, TaskResult]] = {n: {} for n in names}
@@ -279,7 +179,5 @@ def run_evaluation(
         names, task_names, results, normalized_scores(table, task_names), config
     )
     if out_dir is not None:
-        from .report import write_report
-
         write_report(result, out_dir)
     return result

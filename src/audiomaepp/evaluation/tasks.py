@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "Task",
     "read_task",
     "find_task_dirs",
+    "read_tasks",
     "SPLIT_MODES",
     "PREDICTION_TYPES",
     "AUDIO_SUBDIR",
@@ -295,3 +297,13 @@ def find_task_dirs(paths: list[str | Path]) -> list[Path]:
         else:
             raise TaskFormatError(f"{p}: no such task folder")
     return list(dict.fromkeys(found))
+
+
+def read_tasks(task_dirs: Sequence[str | Path]) -> list[Task]:
+    """Every task under ``task_dirs`` (task folders or folders of them); names must be unique."""
+    tasks = [read_task(d) for d in find_task_dirs(list(task_dirs))]
+    names = [t.name for t in tasks]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise TaskFormatError(f"task name(s) {dup} appear in more than one task folder")
+    return tasks

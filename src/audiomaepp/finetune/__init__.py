@@ -14,7 +14,8 @@ The command lines are ``audiomaepp finetune`` and ``audiomaepp predict``.
 from .config import FinetuneConfig
 from .data import FinetuneTask, LabelledSplit, load_task, read_manifest
 from .model import AudioClassifier, ClassifierConfig, ClassifierHead, Prediction, build_classifier
-from .trainer import FinetuneResult, FinetuneTrainer, FoldResult, finetune
+from .results import FinetuneResult, FoldResult
+from .trainer import FinetuneTrainer, finetune
 
 __all__ = [
     "FinetuneConfig",

@@ -1,7 +1,7 @@
 """Fine-tuned models in the evaluation report: ``audiomaepp evaluate --mode finetune [probe]``.
 
 Each (model, task, seed) is one :func:`~audiomaepp.finetune.finetune` job (every fold of k-fold
-tasks) whose test scores fill the same :class:`~audiomaepp.evaluation.runner.TaskResult` the probe
+tasks) whose test scores fill the same :class:`~audiomaepp.evaluation.results.TaskResult` the probe
 fills, so the Table-2 report (mean ± 95 % CI over seeds, normalized score) compares fine-tuned,
 linear-probe-by-fine-tuning and MLP-probed models side by side. In fine-tune rows a fold's
 ``best_epoch`` is the optimizer step of the best validation score and ``dropout`` is NaN.
@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..evaluation.runner import EvaluationResult, FoldRun, TaskResult, _read_tasks, run_evaluation
+from ..evaluation.results import EvaluationResult, FoldRun, TaskResult
+from ..evaluation.runner import run_evaluation
 from ..evaluation.stats import normalized_scores
+from ..evaluation.tasks import read_tasks
 from .config import FinetuneConfig
 from .data import load_task
 from .trainer import finetune
@@ -128,7 +130,7 @@ def run_modes(
         raise ValueError(f"--mode {list(modes)}: choose from {MODES}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     base = (finetune_config or FinetuneConfig()).replace(progress=progress)
-    tasks = _read_tasks(task_dirs)
+    tasks = read_tasks(task_dirs)
     out = Path(out_dir)
     start = time.time()
     tag = (lambda n, m: f"{n} [{m}]") if len(modes) > 1 else (lambda n, m: n)

@@ -28,7 +28,7 @@ from ..audio import to_mono_16k
 from ..errors import CheckpointError
 from ..model import AudioMAE, AudioMAEConfig
 from ..model.io import check_state_dict, save_pretrained
-from ..model.mae import Encoder, _stack_flops
+from ..model.mae import Encoder, encoder_flops
 from .data import clip_logmel, clip_windows, window_starts
 
 FORMAT = "audiomaepp-classifier/1"
@@ -274,10 +274,7 @@ class AudioClassifier(nn.Module):
 
     def flops_per_sample(self) -> float:
         """Training FLOPs per 2-s input: forward + backward matmuls (forward only through a frozen encoder)."""
-        c = self.config.encoder
-        fwd = 2 * c.num_patches * c.patch_dim * c.embed_dim + _stack_flops(
-            c.depth, c.embed_dim, 1 + c.num_patches, c.block, c.mlp_ratio
-        )
+        fwd = encoder_flops(self.config.encoder)
         return float(fwd if self.config.linear_probe else 3 * fwd)
 
     # ---- persistence -------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..evaluation.metrics import PERCENT_METRICS
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, json_safe
+from .results import FinetuneResult
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "per_class.png"
 
@@ -26,10 +27,8 @@ def _fmt(value: float | None, metric: str) -> str:
     return f"{100 * value:.1f}" if metric in PERCENT_METRICS else f"{value:.3f}"
 
 
-def report_dict(result: Any) -> dict[str, Any]:
+def report_dict(result: FinetuneResult) -> dict[str, Any]:
     """Everything of the report as JSON-ready data."""
-    from .trainer import _json_safe
-
     task, cfg = result.task, result.config
     ap = np.array([f.per_class_ap for f in result.folds], dtype=np.float64)
     with np.errstate(all="ignore"):
@@ -49,7 +48,7 @@ def report_dict(result: Any) -> dict[str, Any]:
     }
     if task.prediction_type == "multiclass":
         doc["confusion"] = np.sum([f.confusion for f in result.folds], axis=0).tolist()
-    return _json_safe(doc)
+    return json_safe(doc)
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -114,7 +113,7 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_report(result: Any) -> dict[str, Path]:
+def write_report(result: FinetuneResult) -> dict[str, Path]:
     """Write the three report files into ``result.out_dir``; returns their paths."""
     out = Path(result.out_dir)
     out.mkdir(parents=True, exist_ok=True)

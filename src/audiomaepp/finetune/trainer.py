@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import nn
 
 from ..evaluation.metrics import average_precision, compute_metrics
 from ..evaluation.tasks import Fold
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, json_safe
 from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
 from ..training.distributed import DistEnv, init_distributed, shutdown_distributed
@@ -39,10 +38,11 @@ from .data import (
     sampling_weights,
 )
 from .model import AudioClassifier, build_classifier
+from .report import write_report
+from .results import BEST_DIR, FinetuneResult, FoldResult
 
 log = logging.getLogger(__name__)
 
-BEST_DIR = "best"
 TEST_FILE = "test.json"
 
 
@@ -221,33 +221,6 @@ class FinetuneTrainer(Trainer):
 
 
 # ---- one fold, all folds --------------------------------------------------------------------------------------
-@dataclass
-class FoldResult:
-    """The best-validation classifier of one fold, tested."""
-
-    fold: str  # the test split
-    valid: str
-    run_dir: Path
-    finished: bool
-    best_step: int | None = None
-    best_valid: float | None = None
-    test: dict[str, float] = field(default_factory=dict)  # every report metric on the test split
-    per_class_ap: list[float] = field(default_factory=list)
-    confusion: list[list[int]] | None = None  # multiclass only
-    n_test: int = 0
-    failed: dict[str, str] = field(default_factory=dict)  # unreadable test / validation files
-
-    @property
-    def model_dir(self) -> Path:
-        return self.run_dir / BEST_DIR
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["run_dir"] = str(self.run_dir)
-        d["model_dir"] = str(self.model_dir)
-        return d
-
-
 def train_config(
     ft: FinetuneConfig, run_dir: Path, samples_per_epoch: int, save_every: int
 ) -> TrainConfig:
@@ -373,7 +346,7 @@ def test_fold(
         **{str(task.splits[out.valid].paths[i]): m for i, m in valid_failed.items()},
     }
     atomic_write_bytes(
-        out.run_dir / TEST_FILE, json.dumps(_json_safe(out.to_dict()), indent=1).encode()
+        out.run_dir / TEST_FILE, json.dumps(json_safe(out.to_dict()), indent=1).encode()
     )
     return out
 
@@ -382,48 +355,6 @@ def _device(ft: FinetuneConfig) -> str:
     from ..devices import resolve_device
 
     return str(resolve_device(ft.device))
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-@dataclass
-class FinetuneResult:
-    """All folds of one fine-tuning job; ``mean[metric]`` is the mean over test folds."""
-
-    task: FinetuneTask
-    config: FinetuneConfig
-    folds: list[FoldResult]
-    out_dir: Path
-
-    @property
-    def finished(self) -> bool:
-        return all(f.finished for f in self.folds)
-
-    @property
-    def mean(self) -> dict[str, float]:
-        agg: dict[str, list[float]] = defaultdict(list)
-        for f in self.folds:
-            for k, v in f.test.items():
-                agg[k].append(v)
-        return {
-            k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan
-            for k, v in agg.items()
-        }
-
-    @property
-    def model_dir(self) -> Path:
-        """The classifier to ship: the best-validation model of the (first) fold."""
-        return self.folds[0].model_dir
 
 
 def fold_dirs(task: FinetuneTask, out_dir: Path, folds: list[Fold]) -> list[Path]:
@@ -441,7 +372,6 @@ def finetune(ft: FinetuneConfig, task: FinetuneTask | None = None) -> FinetuneRe
     import torch.distributed as dist
 
     from .data import load_task
-    from .report import write_report
 
     task = task or load_task(ft.task, ft.prediction_type, ft.seed)
     if ft.prediction_type and ft.prediction_type != task.prediction_type:

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from .config import AudioMAEConfig
+from .hub import push_to_hub
+from .io import FORMAT, load_model_dir, save_pretrained
 from .layers import BlockStack, layer_norm
 from .pos_embed import sincos_2d, sincos_seq
 
@@ -237,21 +239,15 @@ class AudioMAE(nn.Module):
 
     def encoder_flops_per_chunk(self) -> float:
         """Matmul FLOPs of feature extraction for one 2-s chunk: unmasked encoder, 1 + 250 tokens."""
-        cfg = self.config
-        patch = 2 * cfg.num_patches * cfg.patch_dim * cfg.embed_dim
-        return float(
-            patch
-            + _stack_flops(cfg.depth, cfg.embed_dim, 1 + cfg.num_patches, cfg.block, cfg.mlp_ratio)
-        )
+        return encoder_flops(self.config)
 
     def flops_per_sample(self) -> float:
         """Approximate training FLOPs per sample (forward + backward = 3x forward matmuls)."""
         return 3.0 * _forward_flops(self.config)
 
-    # ---- persistence (implemented in io.py) ------------------------------------------------------
+    # ---- persistence (io.py: the one model-directory writer and reader; hub.py: the Hub) ---------
     def save_pretrained(self, directory: str | Path) -> Path:
-        from .io import save_pretrained
-
+        """``model.safetensors`` + ``config.json`` in ``directory``."""
         return save_pretrained(self, directory)
 
     @classmethod
@@ -259,15 +255,12 @@ class AudioMAE(nn.Module):
         cls, directory: str | Path, map_location: str | torch.device = "cpu"
     ) -> AudioMAE:
         """A model directory, or a Hugging Face Hub repo id (``owner/name``, via the Hub cache)."""
-        from ..export.hub import resolve_model_dir
-        from .io import load_pretrained
-
-        return load_pretrained(resolve_model_dir(directory), map_location=map_location)
+        return load_model_dir(
+            directory, lambda config, _: cls(AudioMAEConfig.from_dict(config)), FORMAT, map_location
+        )
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        """Upload as a model directory with a generated model card (see :mod:`audiomaepp.export.hub`)."""
-        from ..export.hub import push_to_hub
-
+        """Upload as a model directory with a generated model card (see :mod:`.hub`)."""
         return push_to_hub(self, repo_id, **kwargs)
 
 
@@ -281,6 +274,13 @@ def _stack_flops(depth: int, dim: int, tokens: int, block: str, mlp_ratio: float
     else:
         ffn = 2 * 2 * tokens * dim * hidden
     return depth * (attn + ffn)
+
+
+def encoder_flops(cfg: AudioMAEConfig) -> float:
+    """Matmul FLOPs of the unmasked encoder on one input: patch embedding, then 1 + L tokens."""
+    patch = 2 * cfg.num_patches * cfg.patch_dim * cfg.embed_dim
+    blocks = _stack_flops(cfg.depth, cfg.embed_dim, 1 + cfg.num_patches, cfg.block, cfg.mlp_ratio)
+    return float(patch + blocks)
 
 
 def _forward_flops(cfg: AudioMAEConfig) -> float:
@@ -297,4 +297,11 @@ def _forward_flops(cfg: AudioMAEConfig) -> float:
     return float(patch + enc + dec + head)
 
 
-__all__ = ["AudioMAE", "MAEOutput", "patchify", "unpatchify", "random_masking"]
+__all__ = [
+    "AudioMAE",
+    "MAEOutput",
+    "patchify",
+    "unpatchify",
+    "random_masking",
+    "encoder_flops",
+]
