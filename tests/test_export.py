@@ -60,6 +60,29 @@ def test_exported_step_counts_follow_the_chunk_plans():
 
 
 # ---- Hugging Face Hub -------------------------------------------------------------------------------
+def _cache_repo(cache: Path, repo_id: str, folder: Path, number: int = 0) -> str:
+    """Put ``folder`` in a local Hub cache as huggingface_hub lays out a downloaded snapshot."""
+    commit = f"{number:040d}"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+def _offline_python(code: str, cache: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh process with only the local cache and HF_HUB_OFFLINE=1."""
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf_home")
+    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")]
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
 def _fake_hub(monkeypatch, cache: Path) -> list[dict]:
     """``HfApi`` uploads land in a local Hub cache laid out as huggingface_hub writes it."""
     import huggingface_hub
@@ -70,11 +93,7 @@ def _fake_hub(monkeypatch, cache: Path) -> list[dict]:
         calls.append({"create": repo_id, **kw})
 
     def upload_folder(self, *, repo_id, folder_path, **kw):
-        commit = f"{len(calls):040d}"
-        repo = cache / f"models--{repo_id.replace('/', '--')}"
-        shutil.copytree(folder_path, repo / "snapshots" / commit)
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / "main").write_text(commit)
+        commit = _cache_repo(cache, repo_id, Path(folder_path), len(calls))
         calls.append({"upload": repo_id, "files": sorted(os.listdir(folder_path)), **kw})
         return f"https://huggingface.co/{repo_id}/commit/{commit}"
 
@@ -119,15 +138,7 @@ def test_push_to_hub_then_load_by_repo_id_offline(tmp_path, monkeypatch):
     assert json.loads((snapshot / "config.json").read_text())["config"]["embed_dim"] == 32
 
     # a fresh process with only the local cache and HF_HUB_OFFLINE=1: no network is tried
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf_home")
-    )
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")]
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", LOAD_OFFLINE], capture_output=True, text=True, env=env, timeout=300
-    )
+    res = _offline_python(LOAD_OFFLINE, cache, tmp_path)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     got = json.loads(lines[0])
@@ -140,6 +151,46 @@ def test_push_to_hub_then_load_by_repo_id_offline(tmp_path, monkeypatch):
     ref = hear.get_scene_embeddings(wav, Embedder(model, layout="time_major"))
     np.testing.assert_allclose(got["scene"], ref[0, :6].numpy(), rtol=0, atol=1e-6)
     assert lines[1].startswith("CheckpointError") and "someone/not-in-the-cache" in lines[1]
+
+
+CLASSIFIER_OFFLINE = """
+import json, torch
+from audiomaepp.finetune import AudioClassifier, build_classifier
+clf = AudioClassifier.from_pretrained("someone/clf")
+x = torch.linspace(-1, 1, 200 * 80).reshape(1, 1, 200, 80)
+tuned = build_classifier("someone/enc", ["a", "b"], "multiclass", seed=3)
+print(json.dumps({"labels": list(clf.labels), "logits": clf(x)[0].tolist(),
+                  "encoder": tuned.encoder.patch_embed.proj.weight.flatten()[:4].tolist()}))
+"""
+
+
+def test_a_classifier_and_a_fine_tuning_start_load_by_repo_id_offline(tmp_path):
+    """The one model-directory reader takes Hub ids for classifiers too (labels.json comes along),
+    and ``finetune --model owner/name`` starts from a Hub encoder."""
+    from audiomaepp import AudioMAE
+    from audiomaepp.finetune import build_classifier
+
+    from .conftest import micro_config
+
+    torch.manual_seed(0)
+    encoder = AudioMAE(micro_config()).eval()
+    micro = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_num_heads=2)
+    clf = build_classifier("random:tiny", ["low", "mid", "high"], "multiclass", overrides=micro)
+    encoder.save_pretrained(tmp_path / "enc")
+    clf.save_pretrained(tmp_path / "clf")
+    cache = tmp_path / "hub"
+    _cache_repo(cache, "someone/enc", tmp_path / "enc")
+    _cache_repo(cache, "someone/clf", tmp_path / "clf")
+    res = _offline_python(CLASSIFIER_OFFLINE, cache, tmp_path)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["labels"] == ["low", "mid", "high"]
+    x = torch.linspace(-1, 1, 200 * 80).reshape(1, 1, 200, 80)
+    with torch.no_grad():
+        np.testing.assert_allclose(got["logits"], clf.eval()(x)[0].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(
+        got["encoder"], encoder.encoder.patch_embed.proj.weight.flatten()[:4].detach().numpy()
+    )
 
 
 def test_a_missing_local_folder_is_not_taken_for_a_repo_id(tmp_path):

@@ -184,3 +184,60 @@ def test_loading_a_mismatched_directory_names_the_keys(tmp_path):
         AudioMAE.from_pretrained(tmp_path / "m")
     with pytest.raises(CheckpointError, match="no config.json"):
         AudioMAE.from_pretrained(tmp_path)
+
+
+# ---- model specs: the one parser of what a user may name as a model ------------------------------
+def test_model_specs_parse_in_one_order(tmp_path, monkeypatch):
+    from audiomaepp.errors import ModelSpecError
+    from audiomaepp.model.spec import ModelSpec, parse_model_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "base" / "model").mkdir(parents=True)
+    (tmp_path / "logmel").mkdir()  # a folder named like a baseline: the baseline wins
+    assert parse_model_spec("random:tiny") == ModelSpec("random", "tiny")
+    assert parse_model_spec("runs/base/model") == ModelSpec("folder", "runs/base/model")
+    assert parse_model_spec(tmp_path / "runs") == ModelSpec("folder", str(tmp_path / "runs"))
+    assert parse_model_spec("someone/audiomaepp-base") == ModelSpec(
+        "hub", "someone/audiomaepp-base"
+    )
+    assert parse_model_spec("logmel", baselines={"logmel"}) == ModelSpec("baseline", "logmel")
+    assert parse_model_spec("logmel") == ModelSpec("folder", "logmel")
+    for bad, message in [
+        ("random:", "random:<preset>"),
+        ("random:enormous", "unknown preset 'enormous'; choose from tiny, "),
+        ("runs/missing/model", "not a model directory"),  # three parts: no repo id either
+        ("/abs/owner", "not a Hub repo id"),
+        ("plain", "not 'random:<preset>'"),
+    ]:
+        with pytest.raises(ModelSpecError, match=message):
+            parse_model_spec(bad)
+    with pytest.raises(CheckpointError, match="not 'logmel', not 'random"):  # a CheckpointError
+        parse_model_spec("nothing", baselines=["logmel"])
+
+
+def test_model_spec_names_are_the_report_rows(tmp_path):
+    from audiomaepp.model.spec import ModelSpec, parse_model_spec
+
+    (tmp_path / "run7" / "model").mkdir(parents=True)
+    (tmp_path / "converted").mkdir()
+    assert parse_model_spec(tmp_path / "run7" / "model").name == "run7"  # a run's export
+    assert parse_model_spec(tmp_path / "run7").name == "run7"
+    assert parse_model_spec(tmp_path / "converted").name == "converted"
+    assert parse_model_spec(str(tmp_path / "converted") + "/").name == "converted"
+    assert parse_model_spec("someone/audiomaepp-base").name == "audiomaepp-base"
+    assert parse_model_spec("random:small").name == "random-small"
+    assert ModelSpec("baseline", "logmel").name == "logmel"
+    assert str(parse_model_spec("random:small")) == "random:small"
+
+
+def test_embedder_rows_follow_the_spec_names(tmp_path):
+    from audiomaepp.embedding import Embedder
+    from audiomaepp.evaluation import make_embedder
+
+    AudioMAE(micro_config()).save_pretrained(tmp_path / "run3" / "model")
+    AudioMAE(micro_config()).save_pretrained(tmp_path / "converted")
+    assert Embedder.from_dir(tmp_path / "run3" / "model", device="cpu").name == "run3"
+    assert make_embedder(str(tmp_path / "converted"), device="cpu").name == "converted"
+    micro = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_num_heads=2)
+    assert Embedder.random_init("tiny", device="cpu", **micro).name == "random-tiny"
+    assert make_embedder("logmel").name == "logmel"

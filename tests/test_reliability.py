@@ -96,6 +96,78 @@ def test_weights_with_an_extra_tensor_are_refused(tmp_path: Path) -> None:
         AudioMAE.from_pretrained(tmp_path)
 
 
+# ---- classifier directories (the same reader) ----------------------------------------------------
+def _classifier(labels=("dog", "cat", "bird")):
+    from audiomaepp.finetune import build_classifier
+
+    return build_classifier("random:tiny", list(labels), "multiclass", overrides=MICRO)
+
+
+def test_classifier_whose_header_disagrees_is_refused_before_allocating(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Fault: a classifier's model.safetensors holds a head of another size than config.json says.
+
+    The classifier is built on the meta device and compared with the header first: building a real
+    one raises here, and the error names the mis-shaped head and the weights file.
+    """
+    from audiomaepp.finetune import AudioClassifier
+
+    clf = _classifier()
+    clf.save_pretrained(tmp_path)
+    state = {k: v.contiguous() for k, v in clf.state_dict().items()}
+    state["head.fc.weight"] = torch.zeros(7, state["head.fc.weight"].shape[1])  # tampered
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    real_init = AudioClassifier.__init__
+
+    def no_real_models(self, *a, **kw):
+        real_init(self, *a, **kw)
+        if next(self.parameters()).device.type != "meta":
+            raise AssertionError("a real classifier was allocated before the header check")
+
+    monkeypatch.setattr(AudioClassifier, "__init__", no_real_models)
+    with pytest.raises(CheckpointError, match=r"mis-shaped.*head\.fc\.weight") as err:
+        AudioClassifier.from_pretrained(tmp_path)
+    assert WEIGHTS_NAME in str(err.value)
+
+
+def test_a_folder_of_the_other_kind_is_refused_by_its_format_tag(tmp_path: Path) -> None:
+    """Fault: a classifier folder where an encoder is wanted, and the reverse; a missing tag."""
+    from audiomaepp.finetune import AudioClassifier
+
+    _classifier().save_pretrained(tmp_path / "clf")
+    AudioMAE(AudioMAEConfig(**MICRO)).save_pretrained(tmp_path / "enc")
+    with pytest.raises(CheckpointError, match="'audiomaepp-classifier/1' .AudioClassifier.") as e:
+        AudioMAE.from_pretrained(tmp_path / "clf")
+    assert str(tmp_path / "clf" / CONFIG_NAME) in str(e.value) and "predict" in str(e.value)
+    with pytest.raises(CheckpointError, match="'audiomaepp-model/1' .AudioMAE.") as e:
+        AudioClassifier.from_pretrained(tmp_path / "enc")
+    assert "audiomaepp finetune" in str(e.value)
+    meta = json.loads((tmp_path / "enc" / CONFIG_NAME).read_text())
+    del meta["format"]
+    (tmp_path / "enc" / CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="format None"):
+        AudioMAE.from_pretrained(tmp_path / "enc")
+
+
+def test_a_classifier_with_a_broken_label_list_names_the_file(tmp_path: Path) -> None:
+    """Fault: labels.json missing, then of the wrong type, then one label short."""
+    from audiomaepp.finetune import AudioClassifier
+
+    _classifier().save_pretrained(tmp_path)
+    labels = tmp_path / "labels.json"
+    for text, message in [
+        (None, "labels.json"),
+        ('{"dog": 0}', "labels.json: expected a JSON list"),
+        ('["dog", "cat"]', "2 labels for 3 classes"),
+    ]:
+        labels.unlink(missing_ok=True)
+        if text is not None:
+            labels.write_text(text)
+        with pytest.raises(CheckpointError, match=message):
+            AudioClassifier.from_pretrained(tmp_path)
+
+
 # ---- HEAR task split files ----------------------------------------------------------------------------
 def _task(root: Path, names: list[str]) -> Path:
     root.mkdir(parents=True)

@@ -23,6 +23,10 @@ class CheckpointError(AudioMAEError, ValueError):
     """A checkpoint or model directory that does not fit the model: missing, unexpected or mis-shaped keys."""
 
 
+class ModelSpecError(CheckpointError):
+    """A model name that is no model folder, Hub repo id (owner/name) or ``random:<preset>``."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A pickled checkpoint that asks to import or call something outside the allow-list."""
 

@@ -32,6 +32,8 @@ from ..devices import resolve_device
 from ..errors import InvalidAudioError
 from ..frontend import SAMPLE_RATE, STD_EPS, LogMelFrontend, check_waveform, num_frames
 from ..model import AudioMAE, AudioMAEConfig
+from ..model.hub import resolve_model_dir
+from ..model.spec import ModelSpec, parse_model_spec
 from .layout import CHUNK_FRAMES, LAYOUTS, ChunkPlan, group_tokens, plan_chunks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -113,15 +115,10 @@ class Embedder(nn.Module):
     ) -> Embedder:
         """An embedder over a model directory (``save_pretrained`` / ``convert-release`` output)
         or a Hugging Face Hub repo id (``owner/name``, fetched into the Hub cache)."""
-        from ..model.hub import resolve_model_dir
-
         local = resolve_model_dir(directory)
         model = AudioMAE.from_pretrained(local)
         digest = _file_digest(local / "model.safetensors")
-        if not Path(directory).is_dir():  # a Hub repo id: its name, not the snapshot's hash
-            name = str(directory).rsplit("/", 1)[-1]
-        else:  # a finished run exports RUN_DIR/model: then the run's folder is the telling name
-            name = local.parent.name if local.name == "model" else local.name
+        name = parse_model_spec(directory).name  # a Hub repo's name, not its snapshot's hash
         emb = cls(
             model,
             layout,
@@ -152,7 +149,7 @@ class Embedder(nn.Module):
             None,
             batch_size,
             dtype,
-            name=f"random-{preset}",
+            name=ModelSpec("random", preset).name,
             cache_key=f"random-{preset}-seed{seed}-{_config_digest(model.config)}",
             compile=compile,
         )

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
-from ..errors import AudioMAEError
+from ..errors import AudioMAEError, ModelSpecError
 from ..frontend import log_mel
+from ..model.spec import parse_model_spec
 
-__all__ = ["ClipEmbedder", "LogMelStatsEmbedder", "make_embedder", "EmbedderError"]
+__all__ = ["ClipEmbedder", "LogMelStatsEmbedder", "BASELINES", "make_embedder", "EmbedderError"]
 
 
 class EmbedderError(AudioMAEError, ValueError):
@@ -77,6 +78,10 @@ class LogMelStatsEmbedder:
         return out
 
 
+# Models that are no AudioMAE, by the name a user gives them (added to the model layer's specs).
+BASELINES: dict[str, type] = {"logmel": LogMelStatsEmbedder}
+
+
 def make_embedder(
     spec: str,
     *,
@@ -85,33 +90,29 @@ def make_embedder(
     seed: int = 0,
     layout: str | None = None,
 ) -> ClipEmbedder:
-    """Build an embedder from a spec string.
+    """Build an embedder from a model spec (:func:`audiomaepp.model.spec.parse_model_spec`).
 
     - ``logmel``: :class:`LogMelStatsEmbedder` (CPU, ignores ``device``).
     - ``random:<preset>``: ``Embedder.random_init(preset, seed=seed, device=..., batch_size=...)``,
       the random-init encoder baseline.
-    - anything else: a model directory or Hub repo id, ``Embedder.from_dir(path, device=...,
-      batch_size=..., layout=...)``. ``batch_size`` / ``layout`` are passed only when given.
+    - a model directory or Hub repo id: ``Embedder.from_dir(path, device=..., batch_size=...,
+      layout=...)``. ``batch_size`` / ``layout`` are passed only when given.
     """
+    try:
+        parsed = parse_model_spec(spec, baselines=BASELINES)
+    except ModelSpecError as exc:
+        raise EmbedderError(str(exc)) from exc
+    if parsed.kind == "baseline":
+        return BASELINES[parsed.target](**({"batch_size": batch_size} if batch_size else {}))
     from ..embedding import Embedder  # lazy: the log-mel baseline needs no model code
 
-    if spec == "logmel":
-        return LogMelStatsEmbedder(**({"batch_size": batch_size} if batch_size else {}))
     kwargs: dict[str, Any] = {"device": str(resolve_device(device))}
     if batch_size:
         kwargs["batch_size"] = batch_size
-    if spec.startswith("random:"):
-        preset = spec.split(":", 1)[1]
-        if not preset:
-            raise EmbedderError(f"model spec {spec!r}: expected random:<preset>, e.g. random:base")
-        return Embedder.random_init(preset, seed=seed, **kwargs)
-    from ..model.hub import REPO_ID
-
-    if not Path(spec).is_dir() and not REPO_ID.match(spec):
-        raise EmbedderError(
-            f"model spec {spec!r}: not 'logmel', not 'random:<preset>', not a model directory "
-            "and not a Hub repo id (owner/name)"
-        )
+    if parsed.kind == "random":
+        return Embedder.random_init(parsed.target, seed=seed, **kwargs)
     if layout is not None:
         kwargs["layout"] = layout
-    return Embedder.from_dir(Path(spec) if Path(spec).is_dir() else spec, **kwargs)
+    return Embedder.from_dir(
+        Path(parsed.target) if parsed.kind == "folder" else parsed.target, **kwargs
+    )

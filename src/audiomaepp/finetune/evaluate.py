@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..evaluation.embedders import BASELINES
 from ..evaluation.results import EvaluationResult, FoldRun, TaskResult
 from ..evaluation.runner import run_evaluation
 from ..evaluation.stats import normalized_scores
 from ..evaluation.tasks import read_tasks
+from ..model.spec import parse_model_spec
 from .config import FinetuneConfig
 from .data import load_task
 from .trainer import finetune
@@ -34,14 +36,6 @@ MODES = (
     "finetune",
     "linear",
 )  # MLP probe on frozen embeddings; full fine-tuning; frozen encoder + head
-
-
-def model_name(spec: str) -> str:
-    """Row label of a model spec: ``random-<preset>`` or the model folder's name (its run's for RUN/model)."""
-    if spec.startswith("random:"):
-        return "random-" + spec.split(":", 1)[1]
-    p = Path(spec).resolve()
-    return p.parent.name if p.name == "model" else p.name
 
 
 def _slug(text: str) -> str:
@@ -153,11 +147,12 @@ def run_modes(
                 }
             continue
         for spec in models:
-            if spec == "logmel":
+            parsed = parse_model_spec(spec, baselines=BASELINES)
+            if parsed.kind == "baseline":
                 raise ValueError(
-                    "the log-mel baseline has no encoder to fine-tune; use it with --mode probe"
+                    f"the {spec} baseline has no encoder to fine-tune; use it with --mode probe"
                 )
-            name = tag(model_name(spec), mode)
+            name = tag(parsed.name, mode)
             names.append(name)
             results[name] = {}
             for task in tasks:

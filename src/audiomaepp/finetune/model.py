@@ -21,19 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..audio import to_mono_16k
 from ..errors import CheckpointError
 from ..model import AudioMAE, AudioMAEConfig
-from ..model.io import check_state_dict, save_pretrained
+from ..model.io import CLASSIFIER_FORMAT, load_model_dir, save_pretrained
 from ..model.mae import Encoder, encoder_flops
+from ..model.spec import parse_model_spec
 from .data import clip_logmel, clip_windows, window_starts
 
-FORMAT = "audiomaepp-classifier/1"
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 LABELS_NAME = "labels.json"
 
 
@@ -281,41 +278,32 @@ class AudioClassifier(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         """``model.safetensors`` + ``config.json`` + ``labels.json`` in ``directory``."""
         return save_pretrained(
-            self, directory, extra_json={LABELS_NAME: list(self.labels)}, fmt=FORMAT
+            self, directory, extra_json={LABELS_NAME: list(self.labels)}, fmt=CLASSIFIER_FORMAT
         )
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu"
     ) -> AudioClassifier:
-        """Load a classifier directory written by :meth:`save_pretrained` (never executes code)."""
-        directory = Path(directory)
-        try:
-            meta = json.loads((directory / CONFIG_NAME).read_text())
-            labels = json.loads((directory / LABELS_NAME).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{directory}: not a classifier directory ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(
-                f"{directory}/{CONFIG_NAME}: format {meta.get('format')!r}, expected {FORMAT!r} "
-                "(an encoder directory? fine-tune it with `audiomaepp finetune` first)"
-            )
-        try:
-            cfg = ClassifierConfig.from_dict(meta["config"])
-            clf = cls(cfg, labels)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(
-                f"{directory}: invalid classifier config or labels ({exc})"
-            ) from exc
-        try:
-            state = load_file(str(directory / WEIGHTS_NAME), device="cpu")
-        except Exception as exc:  # safetensors raises its own types for corrupt files
-            raise CheckpointError(
-                f"{directory / WEIGHTS_NAME}: cannot read safetensors file ({exc})"
-            ) from exc
-        check_state_dict(clf, state, str(directory / WEIGHTS_NAME))
-        clf.load_state_dict(state)
-        return clf.to(device).eval()
+        """A classifier directory written by :meth:`save_pretrained`, or a Hub repo id holding one
+        (model.io's one reader: format tag, header checked before allocating; never executes code)."""
+
+        def build(config: dict[str, Any], folder: Path) -> AudioClassifier:
+            return cls(ClassifierConfig.from_dict(config), read_labels(folder))
+
+        return load_model_dir(directory, build, CLASSIFIER_FORMAT, device)
+
+
+def read_labels(directory: Path) -> list[str]:
+    """The class names in a classifier directory's ``labels.json``."""
+    path = directory / LABELS_NAME
+    try:
+        labels = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a classifier's label list ({exc})") from exc
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise CheckpointError(f"{path}: expected a JSON list of class names")
+    return labels
 
 
 def build_classifier(
@@ -329,19 +317,18 @@ def build_classifier(
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
 ) -> AudioClassifier:
-    """``model``: a model directory (``save_pretrained`` / ``convert-release`` output) or
-    ``random:<preset>`` (a random-init encoder, seeded, the 'no pretraining' baseline).
+    """``model``: a model spec (:func:`~audiomaepp.model.spec.parse_model_spec`): a model directory
+    (``save_pretrained`` / ``convert-release`` output), a Hub repo id, or ``random:<preset>`` (a
+    random-init encoder, seeded, the 'no pretraining' baseline).
 
     The head is initialised from ``seed`` after the encoder, so the same seed gives the same model.
     """
-    if model.startswith("random:"):
+    spec = parse_model_spec(model)
+    if spec.kind == "random":
         torch.manual_seed(seed)  # the encoder's init, as Embedder.random_init makes it
-        mae = AudioMAE(AudioMAEConfig.preset(model.split(":", 1)[1], **(overrides or {})))
-    else:
-        path = Path(model)
-        if not path.is_dir():
-            raise CheckpointError(f"--model {model}: not a model directory nor random:<preset>")
-        mae = AudioMAE.from_pretrained(path)
+        mae = AudioMAE(AudioMAEConfig.preset(spec.target, **(overrides or {})))
+    else:  # a folder or a Hub repo id
+        mae = AudioMAE.from_pretrained(spec.target)
     torch.manual_seed(seed)  # the head's init depends on the seed and the encoder's shape only
     return AudioClassifier.from_encoder(
         mae, labels, prediction_type, pooling, linear_probe, drop_path

@@ -10,17 +10,16 @@ model layer; :mod:`audiomaepp.export.hub` re-exports it for deployment scripts.
 
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelSpecError
+from .spec import REPO_ID, parse_model_spec
 
 __all__ = ["REPO_ID", "resolve_model_dir", "push_to_hub", "model_card"]
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")  # owner/name
 CARD_NAME = "README.md"
 # what a model directory holds (model.io): weights, config.json (+ a classifier's labels.json), card
 HUB_FILES = ["*.safetensors", "*.json", CARD_NAME]
@@ -29,14 +28,12 @@ HUB_FILES = ["*.safetensors", "*.json", CARD_NAME]
 def resolve_model_dir(name_or_path: str | Path, revision: str | None = None) -> Path:
     """A local model directory as is, or a Hub repo id (``owner/name``) fetched into the Hub cache
     (only the weights, JSON files and card); the returned folder holds ``model.safetensors``."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path.resolve()
-    text = str(name_or_path)
-    if not REPO_ID.match(text) or path.exists():
-        raise CheckpointError(
-            f"{text}: not a model directory (and not a Hub repo id like owner/name)"
-        )
+    spec = parse_model_spec(name_or_path)
+    if spec.kind == "folder":
+        return Path(spec.target).resolve()
+    if spec.kind != "hub":
+        raise ModelSpecError(f"model {str(spec)!r}: names no model directory to load")
+    text = spec.target
     from huggingface_hub import snapshot_download
 
     try:

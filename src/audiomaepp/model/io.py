@@ -69,9 +69,9 @@ def read_meta(directory: str | Path, fmt: str = FORMAT) -> dict[str, Any]:
         raise CheckpointError(f"{path}: invalid model config (no 'config' object)")
     found = meta.get("format")
     if found != fmt:
-        holds = f"a {meta['architecture']} directory" if "architecture" in meta else "a directory"
+        holds = f" ({meta['architecture']})" if "architecture" in meta else ""
         raise CheckpointError(
-            f"{path}: {holds} of format {found!r}, expected {fmt!r}{_KIND_HINTS.get(found, '')}"
+            f"{path}: format {found!r}{holds}, expected {fmt!r}{_KIND_HINTS.get(found, '')}"
         )
     return meta
 
