@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..audio import AUDIO_EXTENSIONS, find_audio_files, load_audio
 from ..errors import InvalidAudioError
 from ..frontend import INPUT_FRAMES, FrontendConfig, crop_or_tile, log_mel, standardize
+from ..seeds import mix_seed
 from .shards import (
     MANIFEST,
     MemberRef,
@@ -110,9 +111,8 @@ def worker_plan(
 
 
 def _rng(*parts: int) -> random.Random:
-    """A Python RNG seeded from integers via numpy's SeedSequence (well mixed, platform stable)."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)
-    return random.Random(int(state[0]) << 64 | int(state[1]))
+    """A Python RNG seeded from integers by the one seed mixer (well mixed, platform stable)."""
+    return random.Random(mix_seed(*parts))
 
 
 # RNG purposes, so the streams never share draws

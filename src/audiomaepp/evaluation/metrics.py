@@ -32,6 +32,8 @@ import numpy as np
 __all__ = [
     "METRICS",
     "PERCENT_METRICS",
+    "display_scale",
+    "format_metric",
     "top1_acc",
     "chroma_acc",
     "average_precision",
@@ -152,6 +154,20 @@ METRICS: dict[str, Metric] = {
 
 # Metrics that are fractions in [0, 1]; reports show them in percent.
 PERCENT_METRICS = frozenset({"top1_acc", "pitch_acc", "chroma_acc", "mAP", "aucroc"})
+
+
+def display_scale(metric: str) -> float:
+    """What reports multiply ``metric`` by: 100 for a fraction shown in percent, else 1."""
+    return 100.0 if metric in PERCENT_METRICS else 1.0
+
+
+def format_metric(value: float | None, metric: str) -> str:
+    """A score as every report shows it: percent with 1 decimal (``0.853`` -> ``"85.3"``), other
+    metrics (``d_prime``) with 3 decimals; ``"n/a"`` for a missing or NaN value."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    digits = 1 if metric in PERCENT_METRICS else 3
+    return f"{value * display_scale(metric):.{digits}f}"
 
 
 def compute_metrics(

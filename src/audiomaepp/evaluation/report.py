@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import json_safe
-from .metrics import PERCENT_METRICS
+from .metrics import PERCENT_METRICS, display_scale, format_metric
 from .results import EvaluationResult
 
 __all__ = ["format_cell", "markdown_table", "write_report"]
@@ -29,15 +29,10 @@ __all__ = ["format_cell", "markdown_table", "write_report"]
 SCORE_COLUMN = "s(m)"
 
 
-def _scale(metric: str) -> float:
-    return 100.0 if metric in PERCENT_METRICS else 1.0
-
-
 def format_cell(mean: float, ci: float, metric: str) -> str:
     """``"85.3 ± 1.2"`` (percent, 1 decimal); ``d_prime`` with 3 decimals; no CI below 2 seeds."""
-    k, digits = _scale(metric), (1 if metric in PERCENT_METRICS else 3)
-    text = f"{mean * k:.{digits}f}"
-    return text if math.isnan(ci) else f"{text} ± {ci * k:.{digits}f}"
+    text = format_metric(mean, metric)
+    return text if math.isnan(ci) else f"{text} ± {format_metric(ci, metric)}"
 
 
 def markdown_table(result: EvaluationResult) -> str:
@@ -155,7 +150,7 @@ def _write_png(result: EvaluationResult, path: Path) -> None:
     width = 0.8 / n_m
     for i, m in enumerate(result.models):
         stats = [result.results[m][t].summary() for t in result.tasks]
-        k = [_scale(result.results[m][t].primary_metric) for t in result.tasks]
+        k = [display_scale(result.results[m][t].primary_metric) for t in result.tasks]
         means = [s[0] * s_k for s, s_k in zip(stats, k, strict=True)]
         cis = [0.0 if math.isnan(s[1]) else s[1] * s_k for s, s_k in zip(stats, k, strict=True)]
         ax.bar(

@@ -32,7 +32,7 @@ from ..data.loader import worker_plan
 from ..errors import AudioMAEError
 from ..evaluation.tasks import Fold, TaskFormatError, read_task
 from ..frontend import INPUT_FRAMES, log_mel, standardize
-from ..training.noise import mix_seed
+from ..seeds import mix_seed
 from .augment import mix, mixup_weight, spec_augment
 
 log = logging.getLogger(__name__)

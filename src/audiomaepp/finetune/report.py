@@ -14,17 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.metrics import PERCENT_METRICS
+from ..evaluation.metrics import display_scale, format_metric
 from ..fileio import atomic_write_bytes, json_safe
 from .results import FinetuneResult
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "per_class.png"
-
-
-def _fmt(value: float | None, metric: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{100 * value:.1f}" if metric in PERCENT_METRICS else f"{value:.3f}"
 
 
 def report_dict(result: FinetuneResult) -> dict[str, Any]:
@@ -64,17 +58,17 @@ def markdown(doc: dict[str, Any]) -> str:
         "|---|---:|---:|" + "---:|" * len(metrics) + "---:|",
     ]
     for f in doc["folds"]:
-        cells = [_fmt(f["test"].get(m), m) for m in metrics]
+        cells = [format_metric(f["test"].get(m), m) for m in metrics]
         lines.append(
-            f"| {f['fold']} | {f['best_step']} | {_fmt(f['best_valid'], doc['primary_metric'])} | "
+            f"| {f['fold']} | {f['best_step']} | {format_metric(f['best_valid'], doc['primary_metric'])} | "
             + " | ".join(cells)
             + f" | {f['n_test']} |"
         )
     lines.append(
-        "| **mean** | | | " + " | ".join(_fmt(doc["mean"][m], m) for m in metrics) + " | |"
+        "| **mean** | | | " + " | ".join(format_metric(doc["mean"][m], m) for m in metrics) + " | |"
     )
     lines += ["", "Per-class AP (mean over folds):", "", "| class | AP |", "|---|---:|"]
-    lines += [f"| {k} | {_fmt(v, 'mAP')} |" for k, v in doc["per_class_ap"].items()]
+    lines += [f"| {k} | {format_metric(v, 'mAP')} |" for k, v in doc["per_class_ap"].items()]
     failed = {p: m for f in doc["folds"] for p, m in f["failed"].items()}
     if failed:
         lines += ["", f"{len(failed)} file(s) could not be read and were left out:", ""]
@@ -93,7 +87,7 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(6 + (5 if conf else 0) + 0.15 * n, 4.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2 if conf else 1, squeeze=False)[0]
-    ap = [0.0 if v is None else 100 * v for v in doc["per_class_ap"].values()]
+    ap = [0.0 if v is None else display_scale("mAP") * v for v in doc["per_class_ap"].values()]
     axes[0].bar(np.arange(n), ap, color="C0")
     axes[0].set_xticks(np.arange(n), labels, rotation=60, ha="right", fontsize="small")
     axes[0].set_ylim(0, 100)

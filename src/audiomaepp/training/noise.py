@@ -9,16 +9,9 @@ of its place in the global batch only: 2 ranks x 4 samples see exactly the rows 
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
-
-def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (platform independent)."""
-    data = b"".join(int(p).to_bytes(8, "little", signed=True) for p in parts)
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
-
+from ..seeds import mix_seed
 
 NOISE_STREAM = 0x6E6F697365  # "noise": keeps this stream apart from other uses of the seed
 
