@@ -695,7 +695,7 @@ def test_sigkilled_prepare_worker_neither_hangs_nor_loses_files(
     """
     import sys
 
-    from tests.test_training_utils import start, wait
+    from .conftest import start, wait
 
     out, log = tmp_path / "shards", tmp_path / "log.txt"
     proc = start([sys.executable, "-c", _KILL_ONE_WORKER, str(audio_dir), str(out)], log)
@@ -830,7 +830,7 @@ def test_file_that_kills_its_worker_every_time_is_listed_as_failed(
     """
     import sys
 
-    from tests.test_training_utils import start, wait
+    from .conftest import start, wait
 
     script, out, log = tmp_path / "poison.py", tmp_path / "shards", tmp_path / "log.txt"
     script.write_text(_POISON_SCRIPT)

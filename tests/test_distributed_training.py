@@ -18,18 +18,8 @@ import torch
 
 from audiomaepp import AudioMAE
 from audiomaepp.training import list_checkpoints, pretrain, read_metrics
-from tests.test_training_utils import (
-    config_flags,
-    free_port,
-    losses,
-    shard_dir,
-    start,
-    tiny_config,
-    torchrun,
-    wait,
-)
 
-__all__ = ["shard_dir"]  # the fixture, imported for pytest
+from .conftest import config_flags, free_port, losses, start, tiny_config, torchrun, wait
 
 STEPS = 6
 TIMEOUT = 240  # seconds per launch; a hung rendezvous or collective fails the test instead

@@ -7,9 +7,7 @@ import pytest
 
 from audiomaepp.training import pretrain, read_metrics
 
-from .test_training_utils import losses, shard_dir, tiny_config
-
-__all__ = ["shard_dir"]  # the fixture
+from .conftest import losses, tiny_config
 
 
 def _curve(shard_dir, out, **overrides) -> dict[int, float]:

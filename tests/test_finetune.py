@@ -543,7 +543,8 @@ def test_evaluate_mode_finetune_and_probe_share_one_report(tones, tmp_path, caps
 def test_torchrun_two_ranks_match_one_process(tones, tmp_path):
     """DDP through the real launcher: 2 ranks x 4 reproduce 1 process x (2 micro-steps of 4)."""
     from audiomaepp.training import read_metrics
-    from tests.test_training_utils import free_port, start, wait
+
+    from .conftest import free_port, start, wait
 
     ref = finetune(quick(tones, tmp_path / "one", max_steps=6, per_device_batch=4, log_every=1))
     assert ref.finished
@@ -606,7 +607,8 @@ def test_sigterm_checkpoints_and_the_cli_resumes(tones, tmp_path):
     import time
 
     from audiomaepp.training import list_checkpoints, read_metrics
-    from tests.test_training_utils import start, wait
+
+    from .conftest import start, wait
 
     run = tmp_path / "run"
     flags = [

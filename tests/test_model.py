@@ -42,6 +42,31 @@ def test_flops_per_sample_matches_issue_figures():
         assert abs(model.flops_per_sample() / 1e9 - gflops) / gflops < 0.01
 
 
+@pytest.mark.parametrize("block", ["plusplus", "vanilla"])
+def test_flop_counts_match_torchs_flop_counter(block):
+    """torch's FlopCounterMode counts the linear and conv FLOPs of a real forward pass; SDPA's
+    two N x N x D products (2 * 2 * N^2 * D per block) it does not see on CPU, so they are added."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from audiomaepp.model.mae import encoder_flops
+
+    cfg = micro_config(block=block, embed_dim=64, depth=2, decoder_depth=1)
+    model = AudioMAE(cfg).eval()
+    x = torch.randn(1, 1, 200, 80)
+
+    def attention(depth: int, tokens: int, dim: int) -> int:
+        return depth * 2 * 2 * tokens**2 * dim
+
+    with FlopCounterMode(display=False) as counted, torch.no_grad():
+        model.encoder(x)
+    assert counted.get_total_flops() + attention(2, 251, 64) == encoder_flops(cfg)
+    assert model.encoder_flops_per_chunk() == encoder_flops(cfg)
+    with FlopCounterMode(display=False) as counted, torch.no_grad():
+        model(x, torch.rand(1, 250))  # masked: the encoder sees cls + 50 patches
+    cores = attention(2, 51, 64) + attention(1, 251, cfg.decoder_embed_dim)
+    assert counted.get_total_flops() + cores == model.flops_per_sample() / 3
+
+
 def test_presets_and_overrides():
     cfg = AudioMAEConfig.preset("base", block="vanilla")
     assert (cfg.depth, cfg.num_heads, cfg.embed_dim, cfg.decoder_embed_dim) == (12, 12, 768, 384)
@@ -58,23 +83,48 @@ def test_presets_and_overrides():
         AudioMAEConfig.preset("tiny", num_heads=5)
 
 
-def test_forward_shapes_and_loss_definition():
+def test_forward_shapes_and_the_mask_removes_the_largest_noise():
     torch.manual_seed(0)
     model = AudioMAE(micro_config()).eval()
     x = torch.randn(3, 1, 200, 80)
-    noise = torch.rand(3, 250)
+    noise = torch.stack([torch.randperm(250) for _ in range(3)]).float()  # each row: 0..249
     out = model(x, noise)
     assert out.pred.shape == (3, 250, 64) and out.mask.shape == (3, 250)
     assert out.latent.shape == (3, 51, 32) and out.loss.ndim == 0
-    assert (out.mask.sum(1) == 200).all()
-    # removed patches are exactly the 200 with the largest noise
-    expect = torch.zeros(3, 250)
-    expect.scatter_(1, noise.argsort(1)[:, 50:], 1.0)
-    torch.testing.assert_close(out.mask, expect)
-    target = patchify(x, (4, 16))
-    per_patch = ((out.pred - target) ** 2).mean(-1)
-    torch.testing.assert_close(out.loss, (per_patch * out.mask).sum() / out.mask.sum())
+    # the 50 patches with noise 0..49 are kept, the 200 others removed (spec: 80 % masking)
+    torch.testing.assert_close(out.mask, (noise >= 50).float())
     assert model.encode(x).shape == (3, 250, 32)
+
+
+def _zero_prediction(model: AudioMAE) -> AudioMAE:
+    with torch.no_grad():
+        model.decoder.pred.weight.zero_()
+        model.decoder.pred.bias.zero_()
+    return model
+
+
+def test_loss_is_the_squared_error_of_the_removed_patches_only():
+    # Hand-made case: the decoder predicts 0, every pixel of patch i (time-major, i = t * 5 + f) is
+    # i / 100, and the noise is the patch index, so patches 0..49 are kept and 50..249 removed:
+    # loss = mean_{i=50..249} (i / 100)^2 = (sum_{i<250} i^2 - sum_{i<50} i^2) / 200 / 10^4
+    #      = (5_177_125 - 40_425) / 200 / 10^4 = 2.56835
+    model = _zero_prediction(AudioMAE(micro_config()))
+    grid = (torch.arange(250.0) / 100).reshape(50, 5)  # (time patch, frequency patch)
+    x = grid.repeat_interleave(4, 0).repeat_interleave(16, 1)[None, None]  # (1, 1, 200, 80)
+    out = model(x, torch.arange(250.0)[None])
+    torch.testing.assert_close(out.loss, torch.tensor(2.56835))
+
+
+def test_norm_pix_loss_standardises_each_target_patch():
+    # A checkerboard of +-3: every patch has mean 0 and unbiased variance 9 * 64 / 63, so the
+    # standardised target is +-sqrt(63 / 64) and, against a zero prediction, the loss is 63 / 64.
+    model = _zero_prediction(AudioMAE(micro_config(norm_pix_loss=True)))
+    t, f = torch.meshgrid(torch.arange(200), torch.arange(80), indexing="ij")
+    x = (3.0 * (-1.0) ** (t + f)).float()[None, None]
+    out = model(x, torch.rand(1, 250))
+    torch.testing.assert_close(out.loss, torch.tensor(63 / 64), rtol=0, atol=1e-6)
+    plain = _zero_prediction(AudioMAE(micro_config()))
+    torch.testing.assert_close(plain(x, torch.rand(1, 250)).loss, torch.tensor(9.0))
 
 
 def test_patchify_order_is_time_major_and_invertible():
@@ -103,20 +153,34 @@ def test_wrong_input_shape_is_a_clear_error():
 
 
 def test_rope_rotates_interleaved_pairs():
-    x = torch.randn(1, 1, 4, 8)
-    cos, sin = rope_tables(torch.arange(4), 8)
-    out = apply_rope(x, cos, sin)
-    p, i = 3, 2  # position 3, pair (4, 5)
-    a = p * 10000 ** (-2 * i / 8)
-    x0, x1 = x[0, 0, p, 2 * i], x[0, 0, p, 2 * i + 1]
-    expect = torch.tensor(
-        [
-            x0 * torch.cos(torch.tensor(a)) - x1 * torch.sin(torch.tensor(a)),
-            x1 * torch.cos(torch.tensor(a)) + x0 * torch.sin(torch.tensor(a)),
-        ]
-    )
-    torch.testing.assert_close(out[0, 0, p, 2 * i : 2 * i + 2], expect)
-    torch.testing.assert_close(out[0, 0, 0], x[0, 0, 0])  # position 0 is not rotated
+    # head_dim 8: pair i = (2i, 2i + 1) turns by position * 10000^(-i / 4) radians. Position 3:
+    # pair 0 by 3 rad, pair 2 by 0.03 rad. Unit vectors, so the outputs are cos / sin values.
+    x = torch.zeros(1, 1, 4, 8)
+    x[0, 0, 3, 0] = 1.0  # pair 0 = (1, 0)
+    x[0, 0, 3, 5] = 1.0  # pair 2 = (0, 1)
+    out = apply_rope(x, *rope_tables(torch.arange(4), 8))[0, 0, 3]
+    cos3, sin3 = -0.9899924966, 0.1411200081  # cos(3), sin(3)
+    cos_03, sin_03 = 0.9995500337, 0.0299955002  # cos(0.03), sin(0.03)
+    torch.testing.assert_close(out[0:2], torch.tensor([cos3, sin3]))
+    torch.testing.assert_close(out[4:6], torch.tensor([-sin_03, cos_03]))
+    torch.testing.assert_close(out[[2, 3, 6, 7]], torch.zeros(4))
+    y = torch.randn(1, 1, 4, 8)
+    torch.testing.assert_close(apply_rope(y, *rope_tables(torch.arange(4), 8))[0, 0, 0], y[0, 0, 0])
+
+
+def test_rope_scores_depend_on_the_relative_position_only():
+    # The defining property: <rope(q, m), rope(k, n)> is a function of m - n.
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m: int, n: int) -> torch.Tensor:
+        qm = apply_rope(q, *rope_tables(torch.tensor([m]), 16))
+        kn = apply_rope(k, *rope_tables(torch.tensor([n]), 16))
+        return (qm * kn).sum()
+
+    torch.testing.assert_close(score(5, 2), score(40, 37), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(score(0, 0), (q * k).sum(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(score(5, 2), score(5, 3), atol=1e-3)
 
 
 def test_rope_sequence_vs_grid():

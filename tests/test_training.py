@@ -27,18 +27,8 @@ from audiomaepp.training import (
     pretrain,
     read_metrics,
 )
-from tests.test_training_utils import (
-    MICRO,
-    cli,
-    config_flags,
-    losses,
-    shard_dir,
-    start,
-    tiny_config,
-    wait,
-)
 
-__all__ = ["shard_dir"]  # the fixture, imported for pytest
+from .conftest import MICRO, cli, config_flags, losses, start, tiny_config, wait
 
 
 # ---- schedule and optimizer recipe ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Fault injection in training: SIGKILL, disk full on save, malformed checkpoints, changed recipes,
 ranks that disagree. Each test names the fault it injects and asserts what is kept.
 
-All runs use the ~30 k-parameter model of ``test_training_utils`` on CPU, a few steps each.
+All runs use the ~30 k-parameter model of ``conftest.py`` on CPU, a few steps each.
 """
 
 from __future__ import annotations
@@ -23,18 +23,8 @@ from audiomaepp.errors import CheckpointError
 from audiomaepp.training import TrainConfig, list_checkpoints, pretrain, read_metrics
 from audiomaepp.training import checkpoint as ckpt
 from audiomaepp.training.guard import NonFiniteGuard
-from tests.test_training_utils import (
-    cli,
-    config_flags,
-    free_port,
-    losses,
-    shard_dir,
-    start,
-    tiny_config,
-    wait,
-)
 
-__all__ = ["shard_dir"]  # the fixture, imported for pytest
+from .conftest import cli, config_flags, free_port, losses, start, tiny_config, wait
 
 STEPS = 10
 

@@ -27,9 +27,8 @@ from audiomaepp.training import (
 )
 from audiomaepp.training.metrics import peak_flops
 from tests.test_training import FlakyMAE
-from tests.test_training_utils import losses, shard_dir, tiny_config
 
-__all__ = ["shard_dir"]  # the fixture, imported for pytest
+from .conftest import losses, tiny_config
 
 pytestmark = [
     pytest.mark.gpu,

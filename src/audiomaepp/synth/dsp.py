@@ -12,7 +12,6 @@ import numpy as np
 
 # Equals ``audiomaepp.frontend.SAMPLE_RATE`` (a test checks); repeated so synth never imports torch
 SAMPLE_RATE = 16_000
-NYQUIST = SAMPLE_RATE / 2
 
 
 def fft_size(n: int) -> int:
@@ -104,13 +103,6 @@ def adsr(n: int, attack: float, decay: float, sustain: float, release: float) ->
     knots_t = [0.0, a, a + d, max(dur - r, a + d), dur]
     knots_v = [0.0, 1.0, sustain, sustain, 0.0]
     return np.interp(time_axis(n), knots_t, knots_v)
-
-
-def exp_decay(n: int, t60: float, attack: float = 0.002) -> np.ndarray:
-    """Plucked/struck envelope: short linear attack then a decay reaching -60 dB after ``t60`` s."""
-    t = time_axis(n)
-    rise = np.minimum(t / max(attack, 1e-4), 1.0)
-    return rise * np.exp(-6.9078 * t / t60)
 
 
 def swell(n: int, peak_pos: float, curve: float) -> np.ndarray:
