@@ -176,6 +176,35 @@ def private_imports(src: Path, package: str) -> list[Import]:
     return bad
 
 
+def private_attribute_uses(src: Path, package: str) -> list[str]:
+    """``mod._name`` where ``mod`` is a package module bound by an import (``from . import mod``,
+    ``import pkg.mod as mod``) in another module."""
+    mods = find_modules(src, package)
+    bad = []
+    for module, path in mods.items():
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text(), str(path))
+        bound: dict[str, str] = {}  # local name -> module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                bound |= {a.asname: a.name for a in node.names if a.asname and a.name in mods}
+            elif isinstance(node, ast.ImportFrom):
+                target = _absolute(module, is_package, node)
+                for a in node.names:
+                    if f"{target}.{a.name}" in mods:
+                        bound[a.asname or a.name] = f"{target}.{a.name}"
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and bound.get(node.value.id, module) != module
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                bad.append(f"{module}:{node.lineno} {node.value.id}.{node.attr}")
+    return bad
+
+
 def _layer_of(module: str, package: str) -> tuple[str, int] | None:
     parts = module.split(".")
     if len(parts) < 2:
@@ -210,6 +239,11 @@ def test_no_private_name_is_imported_across_modules():
     assert not bad, "private imports:\n" + "\n".join(
         f"{i.importer}:{i.line} from {i.target} import {i.name or i.target}" for i in bad
     )
+
+
+def test_no_private_attribute_of_another_module_is_used():
+    bad = private_attribute_uses(SRC, PACKAGE)
+    assert not bad, "private attributes of other modules:\n" + "\n".join(bad)
 
 
 def test_every_import_points_down_the_layers():
@@ -295,6 +329,20 @@ def test_private_names_across_modules_are_found(tmp_path):
     )
     bad = {(i.importer, i.name or i.target) for i in private_imports(src, "pkg")}
     assert bad == {("pkg.b", "_hidden"), ("pkg.d", "pkg.sub._impl")}
+
+
+def test_private_attributes_of_imported_modules_are_found(tmp_path):
+    src = _write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "_hidden = 1\n",
+            "b.py": "from . import a\nimport pkg.a as m\nx = a._hidden + m._hidden + a.__name__\n",
+            "c.py": "import json\nclass C:\n    _own = 1\n    def f(self):\n"
+            "        return self._own, json._default_decoder\n",  # not package modules
+        },
+    )
+    assert private_attribute_uses(src, "pkg") == ["pkg.b:3 a._hidden", "pkg.b:3 m._hidden"]
 
 
 def test_upward_imports_are_found(tmp_path):
