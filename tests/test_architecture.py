@@ -22,7 +22,7 @@ PACKAGE = "audiomaepp"
 # packages of one layer do not import each other. The root ``audiomaepp/__init__.py`` (version,
 # lazy re-exports) is outside the layers.
 LAYERS: list[set[str]] = [
-    {"errors", "fileio", "workers", "devices", "seeds"},  # ground
+    {"errors", "fileio", "workers", "devices", "seeds", "settings"},  # ground
     {"frontend"},  # FrontendConfig: 16 kHz, the mel geometry
     {"audio"},  # decoding any file to 16 kHz mono
     {"model"},  # config, layers, AudioMAE, model directories, Hub resolution, model specs
