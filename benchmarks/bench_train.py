@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from audiomaepp.training import TrainConfig, Trainer
+from audiomaepp.training import LoopConfig, TrainConfig, Trainer
 from audiomaepp.training.distributed import init_distributed
 from audiomaepp.training.metrics import peak_flops
 
@@ -64,19 +64,21 @@ def make_trainer(
     cfg = TrainConfig(
         preset=preset,
         model=model,
-        batch_size=batch,
-        device=device,
-        precision=precision,
-        compile=compile_,
         out_dir=out_dir,
-        max_steps=10**6,
-        warmup_steps=10,
-        num_workers=0,
-        progress=False,
-        tensorboard=False,
         export=False,
         viz_every=0,
-        save_every=0,
+        loop=LoopConfig(
+            batch_size=batch,
+            device=device,
+            precision=precision,
+            compile=compile_,
+            max_steps=10**6,
+            warmup_steps=10,
+            num_workers=0,
+            progress=False,
+            tensorboard=False,
+            save_every=0,
+        ),
     )
     env = init_distributed(device)
     trainer = Trainer(cfg, env, dataset=_Crops(batch * 10_000))

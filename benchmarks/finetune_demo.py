@@ -15,7 +15,6 @@ which folds were run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ def pretrain_phase(out: Path, steps: int, seed: int) -> Path:
         steps,
         out / "pretrain",
     )
-    cfg = dataclasses.replace(cfg, viz_every=0)
+    cfg = cfg.replace(viz_every=0)
     result = pretrain(cfg)
     print(
         f"pretrained {result.step} steps, final loss {result.final_loss:.4f}, {result.elapsed_s:.0f} s"
@@ -59,7 +58,7 @@ def finetune_phase(
     modes: list[str],
 ) -> dict:
     from audiomaepp.demo import DEMO_MODEL
-    from audiomaepp.finetune import FinetuneConfig, finetune
+    from audiomaepp.finetune import FinetuneConfig, FinetuneLoop, finetune
     from audiomaepp.synth import CorpusConfig, generate_corpus
 
     corpus = generate_corpus(out / "corpus", CorpusConfig(seed=seed), progress=False)
@@ -86,15 +85,17 @@ def finetune_phase(
                     model_overrides=dict(DEMO_MODEL),
                     task=str(task_dir),
                     out_dir=str(run),
-                    epochs=epochs,
-                    warmup_epochs=max(1.0, epochs / 10),
-                    batch_size=batch,
-                    num_workers=0,
-                    seed=seed,
                     linear_probe=probe,
                     folds=folds,
-                    progress=False,
-                    resume="auto",
+                    loop=FinetuneLoop(
+                        epochs=epochs,
+                        warmup_epochs=max(1.0, epochs / 10),
+                        batch_size=batch,
+                        num_workers=0,
+                        seed=seed,
+                        progress=False,
+                        resume="auto",
+                    ),
                 )
                 t0 = time.perf_counter()
                 r = finetune(cfg)

@@ -118,7 +118,7 @@ def tiny_config(data: Path | str, out: Path | str, **overrides: Any):
         device="cpu",
         seed=0,
     )
-    return TrainConfig(**{**base, **overrides})
+    return TrainConfig.from_dict({**base, **overrides})
 
 
 def config_flags(cfg) -> list[str]:
@@ -144,7 +144,7 @@ def config_flags(cfg) -> list[str]:
         "device",
     ]
     for key in simple:
-        value = getattr(cfg, key)
+        value = getattr(cfg.loop, key) if key in vars(cfg.loop) else getattr(cfg, key)
         if value is not None:
             flags += ["--" + key.replace("_", "-"), str(value)]
     flags += ["--no-progress", "--no-tensorboard"]

@@ -23,7 +23,7 @@ PACKAGE = "audiomaepp"
 # lazy re-exports) is outside the layers.
 LAYERS: list[set[str]] = [
     {"errors"},  # ground: the exception types
-    {"fileio", "workers", "devices", "seeds"},  # ground: atomic writes, worker pool, device, seeds
+    {"fileio", "workers", "devices", "seeds", "settings"},  # ground: writes, pool, seeds, knobs
     {"frontend"},  # FrontendConfig: 16 kHz, the mel geometry
     {"audio"},  # decoding any file to 16 kHz mono
     {"model"},  # config, layers, AudioMAE, model directories, Hub resolution, model specs

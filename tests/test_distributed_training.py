@@ -51,9 +51,9 @@ def _check_matches(run_dir: Path, reference) -> None:
             # The key bias has an exactly zero gradient (softmax ignores a shift shared by all keys),
             # so Adam turns rounding noise into lr-sized steps: bounded by lr * steps, not by 1e-5.
             d = x.numel() // 3
-            assert torch.allclose(x[d : 2 * d], y[d : 2 * d], atol=cfg.peak_lr() * STEPS, rtol=0), (
-                name
-            )
+            assert torch.allclose(
+                x[d : 2 * d], y[d : 2 * d], atol=cfg.loop.peak_lr() * STEPS, rtol=0
+            ), name
             x, y = torch.cat([x[:d], x[2 * d :]]), torch.cat([y[:d], y[2 * d :]])
         assert torch.allclose(x, y, atol=1e-5, rtol=0), name
 

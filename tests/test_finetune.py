@@ -121,7 +121,7 @@ def quick(task: Path, out: Path, **changes) -> FinetuneConfig:
         progress=False,
         seed=0,
     )
-    return FinetuneConfig(**{**base, **changes})
+    return FinetuneConfig.from_dict({**base, **changes})
 
 
 # ---- recipe pieces ------------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_frozen_mode_equals_a_probe_trained_on_the_same_features(tones, tmp_path
         load_task(tones).labels,
         "multiclass",
         linear_probe=True,
-        seed=cfg.seed,
+        seed=cfg.loop.seed,
         overrides=MICRO,
     )
     for k, v in start.encoder.state_dict().items():
@@ -278,19 +278,19 @@ def test_frozen_mode_equals_a_probe_trained_on_the_same_features(tones, tmp_path
     head = start.head
     opt = torch.optim.AdamW(
         [
-            {"params": [head.fc.weight], "weight_decay": cfg.weight_decay},
+            {"params": [head.fc.weight], "weight_decay": cfg.loop.weight_decay},
             {"params": [head.norm.weight, head.norm.bias, head.fc.bias], "weight_decay": 0.0},
         ],
-        lr=cfg.lr,
-        betas=cfg.betas,
+        lr=cfg.loop.lr,
+        betas=cfg.loop.betas,
         eps=1e-8,
     )
     y = torch.from_numpy(split.targets)
     smooth = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / y.shape[1]
-    warmup = round(steps * cfg.warmup_epochs / cfg.epochs)
+    warmup = round(steps * cfg.loop.warmup_epochs / cfg.loop.epochs)
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.lr, warmup, steps, cfg.min_lr)
+            g["lr"] = lr_at(step, cfg.loop.lr, warmup, steps, cfg.loop.min_lr)
         loss = -(smooth * head(feats).log_softmax(-1)).sum(-1).mean()
         opt.zero_grad()
         loss.backward()

@@ -18,6 +18,7 @@ import torch
 from audiomaepp import AudioMAE, AudioMAEConfig
 from audiomaepp.errors import CheckpointError
 from audiomaepp.training import (
+    LoopConfig,
     NonFiniteLossError,
     TrainConfig,
     list_checkpoints,
@@ -52,7 +53,7 @@ def test_lr_schedule_warmup_cosine_and_end():
 
 
 def test_recipe_defaults_and_plan():
-    cfg = TrainConfig()
+    cfg = TrainConfig().loop
     assert (
         cfg.epochs,
         cfg.warmup_epochs,
@@ -62,8 +63,8 @@ def test_recipe_defaults_and_plan():
         cfg.min_lr,
     ) == (100, 10.0, 1024, (0.9, 0.95), 0.05, 0.0)
     assert cfg.peak_lr() == pytest.approx(1.5e-4 * 1024 / 256)
-    assert TrainConfig(batch_size=512, blr=1e-4).peak_lr() == pytest.approx(2e-4)
-    assert TrainConfig(lr=1e-3).peak_lr() == 1e-3
+    assert LoopConfig(batch_size=512, blr=1e-4).peak_lr() == pytest.approx(2e-4)
+    assert LoopConfig(lr=1e-3).peak_lr() == 1e-3
     plan = plan_run(cfg, torch.device("cpu"), world_size=8, samples_per_epoch=2_000_000)
     assert (plan.per_device_batch, plan.accum_steps, plan.steps_per_epoch) == (128, 1, 1953)
     assert (plan.total_steps, plan.warmup_steps) == (195_300, 19_530)
@@ -301,7 +302,7 @@ def test_cli_config_file_and_flag_overrides(tmp_path, capsys):
         ]
     )
     cfg = build_config(args)
-    assert (cfg.preset, cfg.epochs, cfg.batch_size, cfg.compile, cfg.out_dir) == (
+    assert (cfg.preset, cfg.loop.epochs, cfg.loop.batch_size, cfg.loop.compile, cfg.out_dir) == (
         "small",
         3,
         512,
@@ -309,7 +310,7 @@ def test_cli_config_file_and_flag_overrides(tmp_path, capsys):
         "r",
     )
     assert cfg.model == {"block": "vanilla", "encoder_rope": "grid", "decoder_depth": 2}
-    assert cfg.warmup_epochs == 10.0 and cfg.peak_lr() == pytest.approx(3e-4)
+    assert cfg.loop.warmup_epochs == 10.0 and cfg.loop.peak_lr() == pytest.approx(3e-4)
     assert (
         main(
             [
@@ -327,9 +328,9 @@ def test_cli_config_file_and_flag_overrides(tmp_path, capsys):
     )
     printed = json.loads(capsys.readouterr().out)
     assert (
-        printed["max_steps"] == 9
+        printed["loop"]["max_steps"] == 9
         and printed["model"] == {"block": "vanilla"}
-        and printed["epochs"] == 100
+        and printed["loop"]["epochs"] == 100
     )
     assert main(["pretrain", "--preset", "nope", "--print-config"]) == 2
 
@@ -341,7 +342,7 @@ def test_clip_grad(shard_dir, tmp_path, clip):
     cfg = tiny_config(shard_dir, tmp_path / "run", max_steps=3, clip_grad=clip, weight_decay=0.0)
     result = pretrain(cfg)
     assert all(r["grad_norm"] > 1e-3 for r in result.history)  # the pre-clip norm is logged
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.loop.seed)
     init = AudioMAE(cfg.model_config()).state_dict()
     trained = AudioMAE.from_pretrained(result.model_dir).state_dict()
     moved = max(float((trained[k] - init[k]).abs().max()) for k in init)
@@ -410,11 +411,9 @@ def test_metrics_writer_jsonl_and_tensorboard(tmp_path, monkeypatch):
 
 
 def test_max_steps_keeps_the_warmup_share_and_ends_at_zero():
-    from audiomaepp.training import TrainConfig, lr_at, plan_run
+    from audiomaepp.training import LoopConfig, lr_at, plan_run
 
-    plan = plan_run(
-        TrainConfig(max_steps=1000), torch.device("cpu"), 1, samples_per_epoch=2_000_000
-    )
+    plan = plan_run(LoopConfig(max_steps=1000), torch.device("cpu"), 1, samples_per_epoch=2_000_000)
     assert plan.total_steps == 1000 and plan.warmup_steps == 100  # 10 of 100 epochs -> 10 %
     assert lr_at(999, plan.peak_lr, plan.warmup_steps, plan.total_steps) < 1e-3 * plan.peak_lr
 

@@ -19,6 +19,7 @@ from torch.utils.data import IterableDataset
 
 from audiomaepp import AudioMAE
 from audiomaepp.training import (
+    LoopConfig,
     NonFiniteLossError,
     TrainConfig,
     list_checkpoints,
@@ -107,19 +108,21 @@ def benchmark(argv: list[str] | None = None) -> dict:
     cfg = TrainConfig(
         preset=a.preset,
         out_dir=a.out,
-        batch_size=a.batch_size,
-        per_device_batch=a.per_device_batch,
-        max_steps=a.steps,
-        warmup_steps=5,
-        log_every=10,
-        save_every=0,
         viz_every=0,
-        num_workers=2,
-        precision=a.precision,
-        compile=a.compile,
-        progress=False,
-        tensorboard=False,
         export=False,
+        loop=LoopConfig(
+            batch_size=a.batch_size,
+            per_device_batch=a.per_device_batch,
+            max_steps=a.steps,
+            warmup_steps=5,
+            log_every=10,
+            save_every=0,
+            num_workers=2,
+            precision=a.precision,
+            compile=a.compile,
+            progress=False,
+            tensorboard=False,
+        ),
     )
     result = pretrain(cfg, dataset=RandomCrops(a.batch_size * 1000))
     last = result.history[-1]

@@ -155,15 +155,11 @@ def _prepare_shards(pool: Path, shard_dir: Path, progress: bool) -> Path:
 
 def _train_config(cfg: DemoConfig, block: str, shards: Path, steps: int, run_dir: Path):
     from .data import load_manifest
-    from .training import TrainConfig
+    from .training import LoopConfig, TrainConfig
 
     clips = int(load_manifest(shards)["clips"])
     epoch = cfg.batch_size * max(1, round(clips / cfg.batch_size))  # about one crop per clip
-    return TrainConfig(
-        preset="tiny",
-        model={**cfg.model, "block": block},
-        data=str(shards),
-        out_dir=str(run_dir),
+    loop = LoopConfig(
         samples_per_epoch=epoch,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
@@ -175,10 +171,17 @@ def _train_config(cfg: DemoConfig, block: str, shards: Path, steps: int, run_dir
         save_every=max(steps // 2, 1),
         keep_last=1,
         log_every=max(steps // 20, 1),
-        viz_every=steps,
         progress=cfg.progress,
         tensorboard=False,
         resume="auto",
+    )
+    return TrainConfig(
+        preset="tiny",
+        model={**cfg.model, "block": block},
+        data=str(shards),
+        out_dir=str(run_dir),
+        viz_every=steps,
+        loop=loop,
     )
 
 
@@ -190,8 +193,7 @@ def _fit_steps(cfg: DemoConfig, shards: Path, spent_s: float) -> int:
     for block in ("plusplus", "vanilla"):
         run_dir = Path(cfg.out) / "calibration" / block
         shutil.rmtree(run_dir, ignore_errors=True)
-        c = dataclasses.replace(
-            _train_config(cfg, block, shards, probe_steps, run_dir),
+        c = _train_config(cfg, block, shards, probe_steps, run_dir).replace(
             log_every=2,
             progress=False,
             export=False,

@@ -4,6 +4,7 @@ Python entry points::
 
     from audiomaepp.finetune import FinetuneConfig, finetune, AudioClassifier
     result = finetune(FinetuneConfig(model="runs/base/model", task="tasks/esc50", out_dir="runs/esc"))
+    quick = FinetuneConfig(model=..., task=..., loop=FinetuneLoop(epochs=10))  # loop settings
     result.mean                      # {"top1_acc": ..., "mAP": ..., "d_prime": ...} over test folds
     clf = AudioClassifier.from_pretrained(result.model_dir)
     clf.predict(wave, sr).top(5)
@@ -11,7 +12,7 @@ Python entry points::
 The command lines are ``audiomaepp finetune`` and ``audiomaepp predict``.
 """
 
-from .config import FinetuneConfig
+from .config import FinetuneConfig, FinetuneLoop
 from .data import FinetuneTask, LabelledSplit, load_task, read_manifest
 from .model import AudioClassifier, ClassifierConfig, ClassifierHead, Prediction, build_classifier
 from .results import FinetuneResult, FoldResult
@@ -19,6 +20,7 @@ from .trainer import FinetuneTrainer, finetune
 
 __all__ = [
     "FinetuneConfig",
+    "FinetuneLoop",
     "finetune",
     "FinetuneResult",
     "FoldResult",

@@ -62,7 +62,7 @@ def finetune_task(
             seed=seed,
             linear_probe=linear,
             out_dir=str(work_dir / _slug(name) / _slug(task.name) / f"seed{seed}"),
-            resume=base.resume or "auto",
+            resume=base.loop.resume or "auto",
         )
         result = finetune(cfg, task)
         if not result.finished:

@@ -173,10 +173,10 @@ class FinetuneTrainer(Trainer):
         super().__init__(cfg, env, dataset=dataset, model=model)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        groups = layer_decay_groups(self.model, self.cfg.weight_decay, self.ft.layer_decay)
+        groups = layer_decay_groups(self.model, self.loop.weight_decay, self.ft.layer_decay)
         kwargs = {"fused": True} if self.plan.fused_adamw else {}
         return torch.optim.AdamW(
-            groups, lr=self.plan.peak_lr, betas=self.cfg.betas, eps=self.cfg.eps, **kwargs
+            groups, lr=self.plan.peak_lr, betas=self.loop.betas, eps=self.loop.eps, **kwargs
         )
 
     def make_loss_module(self) -> nn.Module:
@@ -224,45 +224,15 @@ class FinetuneTrainer(Trainer):
 def train_config(
     ft: FinetuneConfig, run_dir: Path, samples_per_epoch: int, save_every: int
 ) -> TrainConfig:
-    """The shared loop's settings for one fold."""
-    return TrainConfig(
-        data=None,
-        out_dir=str(run_dir),
-        samples_per_epoch=samples_per_epoch,
-        num_workers=ft.num_workers,
-        epochs=ft.epochs,
-        warmup_epochs=ft.warmup_epochs,
-        max_steps=ft.max_steps,
-        stop_after=ft.stop_after,
-        batch_size=ft.batch_size,
-        per_device_batch=ft.per_device_batch,
-        lr=ft.peak_lr(),
-        min_lr=ft.min_lr,
-        weight_decay=ft.weight_decay,
-        betas=ft.betas,
-        clip_grad=ft.clip_grad,
-        device=ft.device,
-        precision=ft.precision,
-        compile=ft.compile,
-        fused_adamw=ft.fused_adamw,
-        seed=ft.seed,
-        save_every=save_every,
-        keep_last=ft.keep_last,
-        log_every=ft.log_every,
-        viz_every=0,
-        resume=ft.resume,
-        max_nonfinite=ft.max_nonfinite,
-        tensorboard=ft.tensorboard,
-        progress=ft.progress,
-        export=True,
-        dist_timeout_s=ft.dist_timeout_s,
-    )
+    """The loop's settings for one fold: ``ft.loop`` with the fold's epoch and checkpoint steps."""
+    loop = ft.loop.replace(samples_per_epoch=samples_per_epoch, save_every=save_every)
+    return TrainConfig(out_dir=str(run_dir), viz_every=0, export=True, loop=loop)
 
 
 def epoch_samples(ft: FinetuneConfig, n_train: int, world: int) -> int:
     """Crops per epoch: one per training clip (or as set), rounded up to whole global batches."""
-    n = ft.samples_per_epoch or n_train
-    step = ft.batch_size
+    n = ft.loop.samples_per_epoch or n_train
+    step = ft.loop.batch_size
     if step % world:
         raise ValueError(f"batch size {step} is not a multiple of {world} devices")
     return max(1, math.ceil(n / step)) * step
@@ -280,11 +250,10 @@ def run_fold(
     """Fine-tune on ``fold.train``, select on ``fold.valid``, test the best on ``fold.test``."""
     train = task.train_split(fold)
     samples = epoch_samples(ft, len(train), env.world_size)
-    steps_per_epoch = samples // ft.batch_size
+    steps_per_epoch = samples // ft.loop.batch_size
     eval_every = ft.eval_every or steps_per_epoch
-    cfg = train_config(
-        ft, run_dir, samples, ft.save_every if ft.save_every is not None else eval_every
-    )
+    save_every = ft.loop.save_every if ft.loop.save_every is not None else eval_every
+    cfg = train_config(ft, run_dir, samples, save_every)
     model = build_classifier(
         ft.model,
         task.labels,
@@ -292,7 +261,7 @@ def run_fold(
         pooling=ft.pooling,
         linear_probe=ft.linear_probe,
         drop_path=ft.drop_path,
-        seed=ft.seed,
+        seed=ft.loop.seed,
         overrides=ft.model_overrides,
     )
     augment = CropAugment(ft.freq_mask, ft.time_mask, ft.mixup, ft.mixup_alpha)
@@ -301,15 +270,15 @@ def run_fold(
         samples,
         rank=env.rank,
         world_size=env.world_size,
-        seed=ft.seed,
+        seed=ft.loop.seed,
         weights=sampling_weights(train.targets) if use_weights(ft, task) else None,
         augment=augment,
-        rank_batch=ft.batch_size // env.world_size,
+        rank_batch=ft.loop.batch_size // env.world_size,
     )
     trainer = FinetuneTrainer(
         cfg, env, dataset, model, ft, task, task.splits[fold.valid], eval_every
     )
-    path = ckpt.resolve_resume(cfg.resume, run_dir)
+    path = ckpt.resolve_resume(cfg.loop.resume, run_dir)
     if path is not None:
         trainer.resume(path)
     result = trainer.run()
@@ -354,7 +323,7 @@ def test_fold(
 def _device(ft: FinetuneConfig) -> str:
     from ..devices import resolve_device
 
-    return str(resolve_device(ft.device))
+    return str(resolve_device(ft.loop.device))
 
 
 def fold_dirs(task: FinetuneTask, out_dir: Path, folds: list[Fold]) -> list[Path]:
@@ -373,7 +342,7 @@ def finetune(ft: FinetuneConfig, task: FinetuneTask | None = None) -> FinetuneRe
 
     from .data import load_task
 
-    task = task or load_task(ft.task, ft.prediction_type, ft.seed)
+    task = task or load_task(ft.task, ft.prediction_type, ft.loop.seed)
     if ft.prediction_type and ft.prediction_type != task.prediction_type:
         task.prediction_type = ft.prediction_type
     folds = [f for f in task.folds if ft.folds is None or f.test in ft.folds]
@@ -383,7 +352,7 @@ def finetune(ft: FinetuneConfig, task: FinetuneTask | None = None) -> FinetuneRe
         )
     out = Path(ft.out_dir)
     owned = not (dist.is_available() and dist.is_initialized())
-    env = init_distributed(ft.device, ft.dist_timeout_s)
+    env = init_distributed(ft.loop.device, ft.loop.dist_timeout_s)
     try:
         results = [
             run_fold(ft, task, f, d, env)

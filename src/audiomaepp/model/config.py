@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from ..settings import knob
 
 BlockType = Literal["plusplus", "vanilla"]
 RopeMode = Literal["none", "sequence", "grid"]
@@ -46,27 +48,27 @@ class AudioMAEConfig:
     Defaults are AudioMAE++-Base as released; use :meth:`preset` for the other sizes.
     """
 
-    img_size: tuple[int, int] = (200, 80)  # 2 s x 80 mel bins, time first
-    patch_size: tuple[int, int] = (4, 16)  # 40 ms x 16 bins -> a 50 x 5 grid of 250 patches
-    in_chans: int = 1  # log-mel has one channel
-    embed_dim: int = 768  # encoder width D (base)
-    depth: int = 12  # encoder blocks (base)
-    num_heads: int = 12  # encoder heads (base): head dim 64
-    decoder_embed_dim: int = 384  # decoder width for tiny/base (512 for large, the paper's best)
-    decoder_depth: int = 4  # the paper's decoder is always 4 blocks
-    decoder_num_heads: int = 8  # ... of 8 heads
-    mlp_ratio: float = 4.0  # FFN hidden = 4 D (SwiGLU: int(4 D * 2/3) to keep the parameter budget)
-    mask_ratio: float = 0.8  # 80 % of patches removed during pretraining
-    block: BlockType = "plusplus"  # "plusplus" = macaron transformer++ block, "vanilla" = MAE block
-    decoder_block: BlockType | None = None  # None: same block type as the encoder
-    encoder_rope: RopeMode = "none"  # RoPE hurt in the paper (Table 3), so it is off by default
-    decoder_rope: RopeMode = "none"  # "sequence" = the release's positions, "grid" = true positions
-    swiglu_norm: SwigluNorm = "ln2"  # the release feeds LN2's output to the SwiGLU; "ln3" fixes it
-    norm_pix_loss: bool = False  # the release's default: plain MSE on standardised log-mel
-    token_layout: TokenLayout = (
-        "time_major"  # grouping of tokens into timestamp embeddings (spec §7)
+    img_size: tuple[int, int] = knob((200, 80), "2 s x 80 mel bins, time first")
+    patch_size: tuple[int, int] = knob((4, 16), "40 ms x 16 bins: a 50 x 5 grid of 250 patches")
+    in_chans: int = knob(1, "log-mel has one channel")
+    embed_dim: int = knob(768, "encoder width D (base)")
+    depth: int = knob(12, "encoder blocks (base)")
+    num_heads: int = knob(12, "encoder heads (base): head dim 64")
+    decoder_embed_dim: int = knob(384, "decoder width for tiny/base (512 for large, the best)")
+    decoder_depth: int = knob(4, "the paper's decoder is always 4 blocks")
+    decoder_num_heads: int = knob(8, "... of 8 heads")
+    mlp_ratio: float = knob(4.0, "FFN hidden = 4 D (SwiGLU: int(4 D * 2/3), the same budget)")
+    mask_ratio: float = knob(0.8, "80 % of patches removed during pretraining")
+    block: BlockType = knob("plusplus", "plusplus: macaron transformer++ block; vanilla: MAE's")
+    decoder_block: BlockType | None = knob(None, "None: the same block type as the encoder")
+    encoder_rope: RopeMode = knob("none", "RoPE hurt in the paper (Table 3), so it is off")
+    decoder_rope: RopeMode = knob("none", "sequence: the release's positions; grid: true ones")
+    swiglu_norm: SwigluNorm = knob("ln2", "ln2: the release feeds LN2's output to the SwiGLU")
+    norm_pix_loss: bool = knob(False, "the release's default: plain MSE on standardised log-mel")
+    token_layout: TokenLayout = knob(
+        "time_major", "grouping of tokens into timestamp embeddings (spec §7)"
     )
-    extra: dict[str, Any] = field(default_factory=dict)  # provenance (e.g. converted release args)
+    extra: dict[str, Any] = knob({}, "provenance (e.g. converted release args)")
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size"):  # JSON gives lists

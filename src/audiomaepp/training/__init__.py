@@ -4,6 +4,7 @@ Python entry point::
 
     from audiomaepp.training import TrainConfig, pretrain
     result = pretrain(TrainConfig(preset="base", data="shards/", out_dir="runs/base"))
+    short = TrainConfig(data="shards/", loop=LoopConfig(max_steps=1000))  # loop settings
     result.model_dir  # RUN_DIR/model, loadable with AudioMAE.from_pretrained
 
 The command line is ``audiomaepp pretrain`` (see ``audiomaepp pretrain --help``).
@@ -16,7 +17,7 @@ from .checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import LoopConfig, TrainConfig
 from .faults import NonFiniteLossError
 from .metrics import read_metrics
 from .optim import build_optimizer, param_groups
@@ -25,6 +26,7 @@ from .trainer import RunPlan, RunResult, Trainer, plan_run, pretrain
 
 __all__ = [
     "TrainConfig",
+    "LoopConfig",
     "pretrain",
     "RunResult",
     "RunPlan",

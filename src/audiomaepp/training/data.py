@@ -29,10 +29,10 @@ def build_dataset(cfg: TrainConfig, env: DistEnv) -> Any:
         raise FileNotFoundError(f"training data {cfg.data}: no such file or folder")
     return make_pretraining_dataset(
         cfg.data,
-        cfg.samples_per_epoch,
+        cfg.loop.samples_per_epoch,
         rank=env.rank,
         world_size=env.world_size,
-        seed=cfg.seed,
+        seed=cfg.loop.seed,
         shuffle_buffer=cfg.shuffle_buffer,
     )
 

@@ -31,7 +31,7 @@ from ..errors import CheckpointError
 from ..fileio import atomic_dir, atomic_write_bytes
 from ..model import AudioMAE
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import LoopConfig, TrainConfig
 from .data import BatchStream, build_dataset, make_rank_loader
 from .distributed import (
     DistEnv,
@@ -82,13 +82,13 @@ class RunPlan:
 
 
 def plan_run(
-    cfg: TrainConfig, device: torch.device, world_size: int, samples_per_epoch: int
+    loop: LoopConfig, device: torch.device, world_size: int, samples_per_epoch: int
 ) -> RunPlan:
     """Work out precision, compile, batch split, steps and schedule lengths; raise on misfits."""
     cuda = device.type == "cuda"
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
-    G = cfg.batch_size
-    P = cfg.per_device_batch or G // world_size
+    precision = loop.precision if loop.precision != "auto" else ("bf16" if cuda else "fp32")
+    G = loop.batch_size
+    P = loop.per_device_batch or G // world_size
     if P < 1 or G % (P * world_size):
         raise ValueError(
             f"global batch {G} is not a multiple of per-device batch {P} x {world_size} device(s); "
@@ -100,20 +100,19 @@ def plan_run(
             f"samples_per_epoch {samples_per_epoch} is smaller than the global batch {G} "
             "(set --samples-per-epoch, or use more clips or a smaller --batch-size)"
         )
-    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
-    if cfg.warmup_steps is not None:
-        warmup = cfg.warmup_steps
-    elif (
-        cfg.max_steps is not None
-    ):  # a shortened schedule keeps the recipe's warm-up share (10 of 100)
-        warmup = round(total * cfg.warmup_epochs / cfg.epochs)
+    total = loop.max_steps if loop.max_steps is not None else loop.epochs * steps_per_epoch
+    if loop.warmup_steps is not None:
+        warmup = loop.warmup_steps
+    elif loop.max_steps is not None:
+        # a shortened schedule keeps the recipe's warm-up share (10 of 100)
+        warmup = round(total * loop.warmup_epochs / loop.epochs)
     else:
-        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        warmup = round(loop.warmup_epochs * steps_per_epoch)
     return RunPlan(
         device=str(device),
         precision=precision,
-        compile=cfg.compile if cfg.compile is not None else cuda,
-        fused_adamw=cfg.fused_adamw if cfg.fused_adamw is not None else cuda,
+        compile=loop.compile if loop.compile is not None else cuda,
+        fused_adamw=loop.fused_adamw if loop.fused_adamw is not None else cuda,
         world_size=world_size,
         per_device_batch=P,
         accum_steps=G // (P * world_size),
@@ -122,7 +121,7 @@ def plan_run(
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         warmup_steps=min(warmup, total),
-        peak_lr=cfg.peak_lr(),
+        peak_lr=loop.peak_lr(),
     )
 
 
@@ -140,9 +139,8 @@ class RunResult:
     checkpoint: Path | None  # the last checkpoint written or resumed from
     final_loss: float | None  # last logged (global mean) loss
     elapsed_s: float  # wall time of this call
-    history: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # metrics records logged by this call
+    # metrics records logged by this call
+    history: list[dict[str, Any]] = field(default_factory=list)
     plan: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,16 +201,18 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, env: DistEnv, dataset: Any = None, model: AudioMAE | None = None
     ) -> None:
-        self.cfg, self.env = cfg, env
+        self.cfg, self.loop, self.env = cfg, cfg.loop, env
         self.device = env.device
         self.run_dir = Path(cfg.out_dir)
-        seed_everything(cfg.seed)
+        seed_everything(self.loop.seed)
         self.model = (model if model is not None else AudioMAE(cfg.model_config())).to(self.device)
         self.dataset = dataset if dataset is not None else build_dataset(cfg, env)
         self._check_dataset()
-        self.plan = plan_run(cfg, self.device, env.world_size, int(self.dataset.samples_per_epoch))
+        self.plan = plan_run(
+            self.loop, self.device, env.world_size, int(self.dataset.samples_per_epoch)
+        )
         self.schedule = LRSchedule(
-            self.plan.peak_lr, self.plan.warmup_steps, self.plan.total_steps, cfg.min_lr
+            self.plan.peak_lr, self.plan.warmup_steps, self.plan.total_steps, self.loop.min_lr
         )
         self._setup_numerics()
         self._setup_data()
@@ -222,9 +222,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._t0 = time.perf_counter()
         self._viz_input: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._postfix: dict[
-            str, str
-        ] = {}  # progress-bar fields (loss, lr, ... and after_step's values)
+        # progress-bar fields (loss, lr, ... and after_step's values)
+        self._postfix: dict[str, str] = {}
 
     # -- set-up --------------------------------------------------------------------------------------------
     def _check_dataset(self) -> None:
@@ -236,9 +235,8 @@ class Trainer:
     def _setup_numerics(self) -> None:
         plan, cuda = self.plan, self.device.type == "cuda"
         if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = (
-                True  # fp32 matmuls (the fp32 path) on tensor cores
-            )
+            # fp32 matmuls (the fp32 path) on tensor cores
+            torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=plan.precision == "fp16")
@@ -246,7 +244,7 @@ class Trainer:
         self.params = trainable_parameters(self.optimizer)
         self.guard = NonFiniteGuard(
             self.device,
-            self.cfg.max_nonfinite,
+            self.loop.max_nonfinite,
             scaler=self.scaler,
             fused=plan.fused_adamw,
             distributed=self.env.distributed,
@@ -260,13 +258,13 @@ class Trainer:
 
     def _setup_data(self) -> None:
         P, cuda = self.plan.per_device_batch, self.device.type == "cuda"
-        loader = make_rank_loader(self.dataset, P, self.cfg.num_workers, pin_memory=cuda)
+        loader = make_rank_loader(self.dataset, P, self.loop.num_workers, pin_memory=cuda)
         self.batches = BatchStream(self.dataset, loader, P * self.plan.accum_steps)
         self.noise = MaskNoise(
-            self.cfg.seed, self.plan.global_batch, self.model.config.num_patches, self.device
+            self.loop.seed, self.plan.global_batch, self.model.config.num_patches, self.device
         )
         self.flops_per_sample = self.model.flops_per_sample()
-        self.peak = peak_flops(self.device, self.cfg.peak_tflops)
+        self.peak = peak_flops(self.device, self.loop.peak_tflops)
 
     # -- extension points: fine-tuning (audiomaepp.finetune.trainer) overrides these -----------------------
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -274,9 +272,9 @@ class Trainer:
         return build_optimizer(
             self.model,
             self.plan.peak_lr,
-            self.cfg.weight_decay,
-            self.cfg.betas,
-            self.cfg.eps,
+            self.loop.weight_decay,
+            self.loop.betas,
+            self.loop.eps,
             fused=self.plan.fused_adamw,
         )
 
@@ -340,17 +338,16 @@ class Trainer:
         """One optimizer step; returns ``(loss, grad_norm, bad, lr)`` (device tensors, no host sync)."""
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get(
-                "lr_scale", 1.0
-            )  # layer-wise lr decay (fine-tuning) scales groups
+            # layer-wise lr decay (fine-tuning) scales groups
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         noise = self.noise.for_step(self.step)
         losses = [self._micro_step(m, noise) for m in range(self.plan.accum_steps)]
         loss = torch.stack(losses).mean()
         self.scaler.unscale_(self.optimizer)
         norm = grad_norm(self.params)
         bad = self.guard.is_bad(loss, norm)
-        if self.cfg.clip_grad is not None:
-            clip_to(self.params, self.cfg.clip_grad, norm)
+        if self.loop.clip_grad is not None:
+            clip_to(self.params, self.loop.clip_grad, norm)
         self.guard.step(self.optimizer, bad)
         self.optimizer.zero_grad(set_to_none=True)
         return loss, norm, bad, lr
@@ -361,8 +358,8 @@ class Trainer:
         if self.env.is_main:
             self._prepare_run_dir()
         barrier(self.env)
-        writer = MetricsWriter(self.run_dir, self.cfg.tensorboard) if self.env.is_main else None
-        end = min(self.plan.total_steps, self.cfg.stop_after or self.plan.total_steps)
+        writer = MetricsWriter(self.run_dir, self.loop.tensorboard) if self.env.is_main else None
+        end = min(self.plan.total_steps, self.loop.stop_after or self.plan.total_steps)
         interrupted = False
         try:
             with StopRequest() as stop, self._progress() as bar:
@@ -389,7 +386,7 @@ class Trainer:
                 window["ok"] += (~bad).long()
                 window["steps"] += 1
                 self.guard.after_step(bad, loss, norm, self.step, report=self.env.is_main)
-                if self.step % self.cfg.log_every == 0 or self.step == end:
+                if self.step % self.loop.log_every == 0 or self.step == end:
                     self._log(window, norm, lr, writer, bar, start)
                     window = self._new_window()
                 bar.update(1)
@@ -481,11 +478,11 @@ class Trainer:
     def _periodic(self) -> None:
         if self.cfg.viz_every and self.step % self.cfg.viz_every == 0 and self.env.is_main:
             self.save_viz()
-        if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+        if self.loop.save_every and self.step % self.loop.save_every == 0:
             self.save()
 
     def _progress(self) -> Any:
-        disable = not (self.cfg.progress and self.env.is_main)
+        disable = not (self.loop.progress and self.env.is_main)
         return tqdm(
             total=self.plan.total_steps,
             initial=self.step,
@@ -511,7 +508,7 @@ class Trainer:
 
     def state(self) -> TrainState:
         """What a checkpoint of the current step stores besides tensors (see :mod:`.state`)."""
-        cfg, plan = self.cfg, self.plan
+        cfg, plan = self.loop, self.plan
         return TrainState(
             step=self.step,
             global_batch=plan.global_batch,
@@ -529,7 +526,7 @@ class Trainer:
             model_config=self.model.config.to_dict(),
             **self._layout(),
             nonfinite=self.guard.state(),
-            train_config=cfg.to_dict(),
+            train_config=self.cfg.to_dict(),
             elapsed_s=self.elapsed_before + time.perf_counter() - self._t0,
         )
 
@@ -550,7 +547,7 @@ class Trainer:
         return {
             "world_size": self.env.world_size,
             "per_device_batch": self.plan.per_device_batch,
-            "num_workers": self.cfg.num_workers,
+            "num_workers": self.loop.num_workers,
         }
 
     def _export(self, model_dir: Path) -> None:
@@ -566,7 +563,7 @@ class Trainer:
             self.optimizer,
             {**self.state().to_json(), **self.extra_state()},
             self.scaler,
-            self.cfg.keep_last,
+            self.loop.keep_last,
         )
 
     def save_viz(self) -> Path | None:
@@ -617,7 +614,7 @@ def agreed_resume(config: TrainConfig, env: DistEnv) -> Path | None:
     """
     chosen = None
     if env.is_main:
-        path = ckpt.resolve_resume(config.resume, config.out_dir)
+        path = ckpt.resolve_resume(config.loop.resume, config.out_dir)
         chosen = None if path is None else str(path)
     chosen = broadcast_text(chosen, env)
     return None if chosen is None else Path(chosen)
@@ -646,7 +643,7 @@ def pretrain(config: TrainConfig, dataset: Any = None, model: AudioMAE | None = 
     import torch.distributed as dist
 
     owned = not (dist.is_available() and dist.is_initialized())
-    env = init_distributed(config.device, config.dist_timeout_s)
+    env = init_distributed(config.loop.device, config.loop.dist_timeout_s)
     try:
         trainer = Trainer(config, env, dataset=dataset, model=model)
         path = agreed_resume(config, env)
