@@ -602,6 +602,67 @@ def test_torchrun_two_ranks_match_one_process(tones, tmp_path):
     assert torch.allclose(a, b, atol=1e-4)
 
 
+_LAGGING_RANK_SCRIPT = r"""
+import os, sys
+from audiomaepp.finetune import FinetuneConfig, finetune
+from audiomaepp.finetune.trainer import FinetuneTrainer
+from audiomaepp.training import checkpoint as ckpt
+
+rank = int(os.environ["RANK"])
+if rank == 0:
+    # rank 0's node lags behind the shared run folder: it does not see step 4 yet (rank 1 does)
+    seen = ckpt.list_checkpoints
+    ckpt.list_checkpoints = lambda run_dir: [p for p in seen(run_dir) if p.name <= "step_00000002"]
+real_resume = FinetuneTrainer.resume
+def resume(self, path):
+    real_resume(self, path)
+    print(f"RANK {rank} RESUMED {self.step}", flush=True)
+FinetuneTrainer.resume = resume
+result = finetune(FinetuneConfig.from_json(sys.argv[1]))
+print(f"RANK {rank} DONE {result.finished} {result.folds[0].best_step}", flush=True)
+"""
+
+
+def test_torchrun_ranks_resume_from_the_checkpoint_rank0_chose(tones, tmp_path):
+    """Rank 1 sees a newer checkpoint (step 4) than rank 0 (step 2), as when a shared file system
+    lags on one node. Both must resume from rank 0's choice and finish together (before, each
+    rank resolved ``--resume auto`` itself: rank 1 jumped to step 4 and the replicas diverged)."""
+    from audiomaepp.training import list_checkpoints, read_metrics
+    from tests.test_training_utils import free_port, start, wait
+
+    run = tmp_path / "run"
+    cfg = quick(tones, run, max_steps=6, save_every=2, keep_last=0, log_every=1, stop_after=4)
+    assert not finetune(cfg).finished  # one process writes step 2 and step 4
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002", "step_00000004"]
+    resumed = cfg.replace(stop_after=None, resume="auto", per_device_batch=4, dist_timeout_s=60)
+    (tmp_path / "cfg.json").write_text(resumed.to_json())
+    (tmp_path / "rank.py").write_text(_LAGGING_RANK_SCRIPT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        str(tmp_path / "rank.py"),
+        str(tmp_path / "cfg.json"),
+    ]
+    log = tmp_path / "log.txt"
+    rc = wait(start(cmd, log, OMP_NUM_THREADS="1"), log, 240)
+    text = log.read_text()
+    for rank in (0, 1):
+        assert f"RANK {rank} RESUMED 2" in text, text[-4000:]  # rank 0's checkpoint, on both
+    for rank in (0, 1):
+        assert f"RANK {rank} DONE True" in text, text[-4000:]
+    assert rc == 0, text[-4000:]
+    steps = [r["step"] for r in read_metrics(run) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 3-4 redone from rank 0's checkpoint, once each
+    assert (run / "test.json").is_file()
+
+
 def test_sigterm_checkpoints_and_the_cli_resumes(tones, tmp_path):
     import signal
     import time

@@ -26,7 +26,7 @@ from ..evaluation.tasks import Fold
 from ..fileio import atomic_write_bytes, json_safe
 from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
-from ..training.distributed import DistEnv, init_distributed, shutdown_distributed
+from ..training.distributed import DistEnv, process_group
 from ..training.trainer import Trainer
 from .config import FinetuneConfig
 from .data import (
@@ -172,12 +172,9 @@ class FinetuneTrainer(Trainer):
         self.best_score, self.best_step = -math.inf, None
         super().__init__(cfg, env, dataset=dataset, model=model)
 
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        groups = layer_decay_groups(self.model, self.loop.weight_decay, self.ft.layer_decay)
-        kwargs = {"fused": True} if self.plan.fused_adamw else {}
-        return torch.optim.AdamW(
-            groups, lr=self.plan.peak_lr, betas=self.loop.betas, eps=self.loop.eps, **kwargs
-        )
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Layer-decay groups, handed to the loop's one AdamW (``training.optim.adamw``)."""
+        return layer_decay_groups(self.model, self.loop.weight_decay, self.ft.layer_decay)
 
     def make_loss_module(self) -> nn.Module:
         return ClassifierLoss(self.model, self.ft.label_smoothing)
@@ -278,9 +275,7 @@ def run_fold(
     trainer = FinetuneTrainer(
         cfg, env, dataset, model, ft, task, task.splits[fold.valid], eval_every
     )
-    path = ckpt.resolve_resume(cfg.loop.resume, run_dir)
-    if path is not None:
-        trainer.resume(path)
+    trainer.restore()  # rank 0 picks the checkpoint; all ranks load it and agree on the step
     result = trainer.run()
     out = FoldResult(
         fold.test,
@@ -338,8 +333,6 @@ def finetune(ft: FinetuneConfig, task: FinetuneTask | None = None) -> FinetuneRe
 
     Works in one process and under ``torchrun`` (rank 0 validates, tests and writes).
     """
-    import torch.distributed as dist
-
     from .data import load_task
 
     task = task or load_task(ft.task, ft.prediction_type, ft.loop.seed)
@@ -351,16 +344,11 @@ def finetune(ft: FinetuneConfig, task: FinetuneTask | None = None) -> FinetuneRe
             f"--folds {ft.folds}: none of the task's test folds {[f.test for f in task.folds]}"
         )
     out = Path(ft.out_dir)
-    owned = not (dist.is_available() and dist.is_initialized())
-    env = init_distributed(ft.loop.device, ft.loop.dist_timeout_s)
-    try:
+    with process_group(ft.loop.device, ft.loop.dist_timeout_s) as env:
         results = [
             run_fold(ft, task, f, d, env)
             for f, d in zip(folds, fold_dirs(task, out, folds), strict=True)
         ]
-    finally:
-        if owned:
-            shutdown_distributed()
     result = FinetuneResult(task, ft, results, out)
     if env.is_main and result.finished:
         write_report(result)

@@ -20,7 +20,7 @@ from .checkpoint import (
 from .config import LoopConfig, TrainConfig
 from .faults import NonFiniteLossError
 from .metrics import read_metrics
-from .optim import build_optimizer, param_groups
+from .optim import adamw, build_optimizer, param_groups
 from .schedule import LRSchedule, lr_at
 from .trainer import RunPlan, RunResult, Trainer, plan_run, pretrain
 
@@ -36,6 +36,7 @@ __all__ = [
     "lr_at",
     "LRSchedule",
     "param_groups",
+    "adamw",
     "build_optimizer",
     "save_checkpoint",
     "load_checkpoint",

@@ -8,10 +8,11 @@ requests) so that agreeing on them never waits for the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -80,6 +81,23 @@ def shutdown_distributed() -> None:
     """Leave the process group (if any); safe to call twice."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device_choice: str = "auto", timeout_s: int = 1800) -> Iterator[DistEnv]:
+    """The launch block of every training job (pretraining, each fine-tuning job).
+
+    Yields this process's :class:`DistEnv` (joining torchrun's process group when
+    ``WORLD_SIZE > 1``) and leaves the group at the end, error or not, if this call created it;
+    a caller that set up its own process group keeps it.
+    """
+    owned = not (dist.is_available() and dist.is_initialized())
+    env = init_distributed(device_choice, timeout_s)
+    try:
+        yield env
+    finally:
+        if owned:
+            shutdown_distributed()
 
 
 def all_reduce_(tensor: torch.Tensor, env: DistEnv, op: str = "sum") -> torch.Tensor:

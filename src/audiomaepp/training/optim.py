@@ -33,6 +33,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
+def adamw(
+    groups: list[dict[str, Any]],
+    lr: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+    fused: bool = False,
+) -> torch.optim.AdamW:
+    """The one AdamW of the loop over ready-made ``groups`` (pretraining's :func:`param_groups`,
+    fine-tuning's layer-decay groups); ``fused=True`` uses the single-kernel implementation
+    (CUDA), which also lets the non-finite guard skip a step on the device."""
+    kwargs: dict[str, Any] = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kwargs)
+
+
 def build_optimizer(
     model: nn.Module,
     lr: float,
@@ -41,10 +55,8 @@ def build_optimizer(
     eps: float = 1e-8,
     fused: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; ``fused=True`` uses the single-kernel implementation."""
-    groups = param_groups(model, weight_decay)
-    kwargs: dict[str, Any] = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kwargs)
+    """:func:`adamw` over :func:`param_groups` (pretraining's decay / no-decay split)."""
+    return adamw(param_groups(model, weight_decay), lr, betas, eps, fused)
 
 
 def optimizer_param_names(optimizer: torch.optim.Optimizer) -> list[str]:

@@ -31,6 +31,7 @@ from ..errors import CheckpointError
 from ..fileio import atomic_dir, atomic_write_bytes
 from ..model import AudioMAE
 from . import checkpoint as ckpt
+from . import optim
 from .config import LoopConfig, TrainConfig
 from .data import BatchStream, build_dataset, make_rank_loader
 from .distributed import (
@@ -40,15 +41,14 @@ from .distributed import (
     all_reduce_,
     barrier,
     broadcast_text,
-    init_distributed,
+    process_group,
     run_on_main,
-    shutdown_distributed,
 )
 from .faults import StopRequest
 from .guard import NonFiniteGuard
 from .metrics import MetricsWriter, mfu, peak_flops, truncate_metrics
 from .noise import MaskNoise, micro_slice
-from .optim import build_optimizer, trainable_parameters
+from .optim import adamw, trainable_parameters
 from .schedule import LRSchedule
 from .state import TrainState
 from .viz import reconstruct, save_reconstruction_png
@@ -267,15 +267,16 @@ class Trainer:
         self.peak = peak_flops(self.device, self.loop.peak_tflops)
 
     # -- extension points: fine-tuning (audiomaepp.finetune.trainer) overrides these -----------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW's groups (each with ``params`` and ``names``): the model's decay / no-decay split.
+        A group's optional ``lr_scale`` multiplies its lr (fine-tuning's layer decay)."""
+        return optim.param_groups(self.model, self.loop.weight_decay)
+
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over the model's decay / no-decay groups; a group's optional ``lr_scale`` multiplies its lr."""
-        return build_optimizer(
-            self.model,
-            self.plan.peak_lr,
-            self.loop.weight_decay,
-            self.loop.betas,
-            self.loop.eps,
-            fused=self.plan.fused_adamw,
+        """The loop's AdamW (:func:`.optim.adamw`, fused on CUDA) over :meth:`param_groups`."""
+        loop = self.loop
+        return adamw(
+            self.param_groups(), self.plan.peak_lr, loop.betas, loop.eps, self.plan.fused_adamw
         )
 
     def make_loss_module(self) -> nn.Module:
@@ -296,6 +297,15 @@ class Trainer:
         return None
 
     # -- resume ----------------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Resume as ``loop.resume`` asks, the same way on every rank: rank 0 picks the checkpoint
+        (:func:`agreed_resume`), every rank loads that one, and all must then stand at the same
+        step (:func:`check_same_step`). Pretraining and fine-tuning both start here."""
+        path = agreed_resume(self.loop.resume, self.run_dir, self.env)
+        if path is not None:
+            self.resume(path)
+        check_same_step(self.step, self.env)
+
     def resume(self, path: Path) -> None:
         """Load a checkpoint written by :meth:`save` (any rank count; same recipe, see :mod:`.state`)."""
         saved = ckpt.read_train_state(path)
@@ -605,7 +615,7 @@ class Trainer:
         return result
 
 
-def agreed_resume(config: TrainConfig, env: DistEnv) -> Path | None:
+def agreed_resume(resume: str | None, run_dir: str | Path, env: DistEnv) -> Path | None:
     """The checkpoint to resume from, chosen by rank 0 and broadcast: every rank loads the same one.
 
     Resolving ``--resume auto`` on each rank could pick different checkpoints when a shared file
@@ -614,7 +624,7 @@ def agreed_resume(config: TrainConfig, env: DistEnv) -> Path | None:
     """
     chosen = None
     if env.is_main:
-        path = ckpt.resolve_resume(config.loop.resume, config.out_dir)
+        path = ckpt.resolve_resume(resume, run_dir)
         chosen = None if path is None else str(path)
     chosen = broadcast_text(chosen, env)
     return None if chosen is None else Path(chosen)
@@ -640,20 +650,10 @@ def pretrain(config: TrainConfig, dataset: Any = None, model: AudioMAE | None = 
     ``config.data`` by :func:`audiomaepp.data.make_pretraining_dataset`). ``model``: an
     :class:`AudioMAE` to train instead of a fresh one from the config.
     """
-    import torch.distributed as dist
-
-    owned = not (dist.is_available() and dist.is_initialized())
-    env = init_distributed(config.loop.device, config.loop.dist_timeout_s)
-    try:
+    with process_group(config.loop.device, config.loop.dist_timeout_s) as env:
         trainer = Trainer(config, env, dataset=dataset, model=model)
-        path = agreed_resume(config, env)
-        if path is not None:
-            trainer.resume(path)
-        check_same_step(trainer.step, env)
+        trainer.restore()
         return trainer.run()
-    finally:
-        if owned:
-            shutdown_distributed()
 
 
 __all__ = ["RunPlan", "RunResult", "Trainer", "LossModule", "plan_run", "pretrain", "build_dataset"]
