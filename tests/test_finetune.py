@@ -461,6 +461,9 @@ def test_predict_long_short_stereo_44k_and_corrupt_files(tmp_path, capsys):
         len(v) - 1 for v in (by_file["long.wav"], by_file["short.flac"], by_file["stereo44k.wav"])
     ] == [4, 1, 2]
     assert [r["start_s"] for r in by_file["long.wav"][1:]] == ["0.00", "2.00", "4.00", "5.01"]
+    # ends: 2-s windows, never past the clip (701 frames = 7.01 s); a short clip's window is 2 s
+    assert [r["end_s"] for r in by_file["long.wav"]] == ["7.01", "2.00", "4.00", "6.00", "7.01"]
+    assert [r["end_s"] for r in by_file["short.flac"]] == ["0.31", "2.00"]  # 31 frames
     skipped = list(csv.DictReader(out.with_suffix(".skipped.csv").open()))
     assert sorted(Path(r["path"]).name for r in skipped) == ["corrupt.wav", "empty.wav"]
     assert all(r["reason"] for r in skipped)

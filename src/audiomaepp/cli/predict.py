@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import AudioMAEError
     from ..finetune import AudioClassifier
     from ..finetune.data import clip_windows
+    from ..frontend import INPUT_FRAMES, FrontendConfig
     from ..workers import WorkFailed, imap_files
 
     files = find_audio_files(args.inputs)
@@ -86,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     except AudioMAEError as exc:
         log.error("%s", exc)
         return 2
+    fps = FrontendConfig().frames_per_second  # log-mel frames -> seconds
+    window_s = INPUT_FRAMES / fps  # one model input: 2 s
     k = max(1, min(args.top_k, len(clf.labels)))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
             for (path, _, frames), seg in zip(pending, scores, strict=True):
                 pred = clf.prediction(seg, frames, args.threshold)
                 clip = np.array([pred.scores[lab] for lab in clf.labels])
+                seconds = frames / fps
                 writer.writerow(
-                    _row(str(path), "clip", 0.0, frames / 100.0, pred.labels, clip, clf.labels, k)
+                    _row(str(path), "clip", 0.0, seconds, pred.labels, clip, clf.labels, k)
                 )
                 if args.segments:
                     for i, (start, s) in enumerate(zip(pred.segment_starts, seg, strict=True)):
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                                 if v >= args.threshold
                             ]
                         )
-                        end = min(start + 2.0, max(frames / 100.0, 2.0))
+                        end = min(start + window_s, max(seconds, window_s))
                         writer.writerow(_row(str(path), str(i), start, end, top, s, clf.labels, k))
             pending.clear()
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..audio import to_mono_16k
 from ..errors import CheckpointError
+from ..frontend import FrontendConfig
 from ..model import AudioMAE, AudioMAEConfig
 from ..model.io import CLASSIFIER_FORMAT, load_model_dir, save_pretrained
 from ..model.mae import Encoder, encoder_flops
@@ -246,7 +247,8 @@ class AudioClassifier(nn.Module):
             labels = [self.labels[int(clip.argmax())]]
         else:
             labels = [lab for lab, s in zip(self.labels, clip, strict=True) if s >= threshold]
-        starts = [s / 100.0 for s in window_starts(max(frames, 1))]  # 100 frames per second
+        fps = FrontendConfig().frames_per_second
+        starts = [s / fps for s in window_starts(max(frames, 1))]
         return Prediction(
             labels,
             {lab: float(s) for lab, s in zip(self.labels, clip, strict=True)},

@@ -39,8 +39,13 @@ class FrontendConfig:
     f_min: float = 50.0  # the release's lower band edge
     f_max: float = 8000.0  # Nyquist at 16 kHz
 
+    @property
+    def frames_per_second(self) -> float:
+        """Log-mel frames per second of audio: 100 (a 10-ms hop)."""
+        return self.sample_rate / self.hop_length
 
-def num_frames(num_samples: int, hop_length: int = 160) -> int:
+
+def num_frames(num_samples: int, hop_length: int = FrontendConfig.hop_length) -> int:
     """Frames produced by the centred STFT for a clip of ``num_samples`` samples."""
     return 1 + num_samples // hop_length
 

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..frontend import INPUT_FRAMES, FrontendConfig
 from ..settings import knob
 
 BlockType = Literal["plusplus", "vanilla"]
@@ -36,6 +37,10 @@ _INT_BOUNDS: dict[str, tuple[int, int]] = {
     "decoder_depth": (1, 128),
     "decoder_num_heads": (1, 256),
 }
+# The one input geometry (time frames, mel bins), owned by the front end. ``img_size`` must equal
+# it: every path that feeds the model (loader crops, fine-tuning windows, embedding chunks) cuts
+# INPUT_FRAMES-frame windows, so another size could be built but never trained or embedded.
+INPUT_GEOMETRY = (INPUT_FRAMES, FrontendConfig().n_mels)
 _MAX_SIDE = 100_000  # frames or mel bins of one input: 1000 s at 100 frames/s
 _MAX_MLP_RATIO = 64.0  # FFN width / model width; the recipe uses 4
 _MAX_PATCHES = 65_536  # tokens per input (the recipe has 250): attention is quadratic in it
@@ -48,7 +53,10 @@ class AudioMAEConfig:
     Defaults are AudioMAE++-Base as released; use :meth:`preset` for the other sizes.
     """
 
-    img_size: tuple[int, int] = knob((200, 80), "2 s x 80 mel bins, time first")
+    img_size: tuple[int, int] = knob(
+        INPUT_GEOMETRY,
+        "2 s x 80 mel bins, time first; fixed by the front end (INPUT_FRAMES, n_mels)",
+    )
     patch_size: tuple[int, int] = knob((4, 16), "40 ms x 16 bins: a 50 x 5 grid of 250 patches")
     in_chans: int = knob(1, "log-mel has one channel")
     embed_dim: int = knob(768, "encoder width D (base)")
@@ -90,6 +98,13 @@ class AudioMAEConfig:
         divisor, an IndexError, an empty model or a multi-terabyte allocation).
         """
         self._check_types_and_bounds()
+        if tuple(self.img_size) != INPUT_GEOMETRY:
+            raise ValueError(
+                f"AudioMAEConfig.img_size={list(self.img_size)}; the model input is fixed at "
+                f"{list(INPUT_GEOMETRY)} (time, mel): the front end makes "
+                f"{INPUT_GEOMETRY[1]} mel bins, and pretraining crops, fine-tuning windows and "
+                f"embedding chunks are all {INPUT_GEOMETRY[0]} frames (INPUT_FRAMES)"
+            )
         choices = {
             "block": ("plusplus", "vanilla"),
             "decoder_block": ("plusplus", "vanilla"),

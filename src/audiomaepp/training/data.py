@@ -18,7 +18,11 @@ from .distributed import DistEnv
 
 
 def build_dataset(cfg: TrainConfig, env: DistEnv) -> Any:
-    """This rank's share of the pretraining crops, deterministic from ``(seed, rank, epoch)``."""
+    """This rank's share of the pretraining crops, deterministic from ``(seed, rank, epoch)``.
+
+    Crops are ``INPUT_FRAMES`` long, the front end's input: ``AudioMAEConfig.img_size`` is fixed
+    to it (see :data:`audiomaepp.model.config.INPUT_GEOMETRY`), so no model needs another length.
+    """
     from ..data import make_pretraining_dataset
 
     if not cfg.data:
