@@ -232,3 +232,12 @@ def test_a_run_of_the_flat_config_era_resumes(shard_dir, tmp_path):
     assert main(["pretrain", *flags]) == 0
     assert json.loads((run / "result.json").read_text())["finished"]
     assert sorted(r["step"] for r in read_metrics(run) if "loss" in r) == [1, 2, 3, 4]
+
+
+def test_evaluate_ft_flags_are_the_fine_tuning_recipes_fields():
+    base = ["evaluate", "--tasks", "t", "--models", "m", "--out", "o", "--mode", "finetune"]
+    args = build_parser().parse_args([*base, "--ft-epochs", "3"])
+    assert (args.ft_epochs, args.ft_batch_size) == (3, None)  # None: the recipe's (or --ft-config)
+    helps = {a.dest: a.help for a in _subparser("evaluate")._actions}
+    assert f"[default: {FinetuneLoop().batch_size}]" in helps["ft_batch_size"]
+    assert helps["ft_epochs"].startswith(reason(dataclasses.fields(FinetuneLoop)[0]))

@@ -50,19 +50,34 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[ConfigTree]) -> 
 
 
 def add_field_flags(
-    group: argparse._ArgumentGroup, cls: type, names: tuple[str, ...], into: str
+    group: argparse._ActionsContainer,
+    cls: type,
+    names: tuple[str, ...],
+    into: str | None = None,
+    prefix: str = "",
 ) -> None:
-    """Flags for the fields ``names`` of dataclass ``cls`` whose values go into the dict field
-    ``into`` of a config (dest ``into.name``): e.g. model fields set on a preset."""
+    """Flags for the fields ``names`` of dataclass ``cls`` outside a config tree: with ``into``,
+    values go into that dict field of a config (dest ``into.name``: model fields set on a
+    preset); else flag ``--<prefix><name>`` with dest ``<prefix><name>`` (default None)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for name in names:
         f = fields[name]
-        add_field_flag(group, f, hints[name], dest=f"{into}.{name}", default=_default(f))
+        if into is not None:
+            add_field_flag(group, f, hints[name], dest=f"{into}.{name}", default=_default(f))
+        else:
+            dest = prefix.replace("-", "_") + name
+            flag = "--" + dest.replace("_", "-")
+            add_field_flag(group, f, hints[name], dest=dest, default=_default(f), flag=flag)
 
 
 def add_field_flag(
-    group: argparse._ArgumentGroup, f: dataclasses.Field, tp: Any, dest: str, default: Any
+    group: argparse._ActionsContainer,
+    f: dataclasses.Field,
+    tp: Any,
+    dest: str,
+    default: Any,
+    flag: str | None = None,
 ) -> None:
     """The flag of one field (see the module docstring for the forms)."""
     text = reason(f)
@@ -71,7 +86,7 @@ def add_field_flag(
     kwargs: dict[str, Any] = {"dest": dest, "help": _help(text, default), **_form(f.name, tp)}
     if "metavar" in f.metadata:
         kwargs["metavar"] = f.metadata["metavar"]
-    group.add_argument(flag_name(f), **kwargs)
+    group.add_argument(flag or flag_name(f), **kwargs)
 
 
 def _form(name: str, tp: Any) -> dict[str, Any]:

@@ -86,12 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--ft-config", metavar="FILE", help="FinetuneConfig JSON for the finetune / linear modes"
     )
-    p.add_argument(
-        "--ft-epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's 50)"
-    )
-    p.add_argument(
-        "--ft-batch-size", type=int, default=None, help="fine-tuning global batch (default 64)"
-    )
+    from ..finetune import FinetuneLoop
+    from .config_flags import add_field_flags
+
+    # --ft-epochs, --ft-batch-size: the fine-tuning recipe's own fields (help and default)
+    add_field_flags(p, FinetuneLoop, ("epochs", "batch_size"), prefix="ft-")
     p.set_defaults(func=run)
     return p
 
