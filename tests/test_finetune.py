@@ -631,7 +631,8 @@ def test_torchrun_ranks_resume_from_the_checkpoint_rank0_chose(tones, tmp_path):
     lags on one node. Both must resume from rank 0's choice and finish together (before, each
     rank resolved ``--resume auto`` itself: rank 1 jumped to step 4 and the replicas diverged)."""
     from audiomaepp.training import list_checkpoints, read_metrics
-    from tests.test_training_utils import free_port, start, wait
+
+    from .conftest import free_port, start, wait
 
     run = tmp_path / "run"
     cfg = quick(tones, run, max_steps=6, save_every=2, keep_last=0, log_every=1, stop_after=4)

@@ -111,7 +111,8 @@ class ConfigTree:
     # ---- dicts and JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data: sections as nested objects, tuples as lists."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return {f.name: _plain(getattr(self, f.name)) for f in fields}
 
     @classmethod
     def from_dict(cls: type[T], d: dict[str, Any]) -> T:
@@ -137,7 +138,8 @@ class ConfigTree:
     @classmethod
     def _split(cls, d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """``d`` -> (own fields, {section: its fields given flat}); unknown names raise."""
-        index, own = cls.flat_names(), {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        index = cls.flat_names()
         values: dict[str, Any] = {}
         nested: dict[str, dict[str, Any]] = {}
         unknown = []
