@@ -188,7 +188,7 @@ def given_changes(args: argparse.Namespace, cls: type[ConfigTree]) -> dict[str, 
             continue
         if key:  # one entry of a dict field, set by its own flag (add_field_flags)
             out.setdefault(name, {})[key] = value
-        elif _strip_none(kinds[name])[0] is dict or typing.get_origin(kinds[name]) is dict:
+        elif typing.get_origin(_strip_none(kinds[name])[0]) is dict:
             out.setdefault(name, {}).update(dict(value))  # repeated KEY=VALUE
         else:
             out[name] = value
