@@ -1,4 +1,4 @@
-"""``audiomaepp finetune --model MODEL_DIR|random:PRESET --task TASK --out RUN``.
+"""``audiomaepp finetune --model MODEL_DIR|OWNER/NAME|random:PRESET --task TASK --out RUN``.
 
 Settings: :class:`audiomaepp.finetune.FinetuneConfig` defaults (MAE's fine-tuning recipe,
 AudioMAE's audio augmentations), then ``--config FILE`` (JSON), then the flags given.

@@ -61,7 +61,9 @@ class FinetuneConfig(ConfigTree):
     """Fine-tuning: what to tune on which task, the head, the loss and augmentation."""
 
     # ---- what -----------------------------------------------------------------------------------
-    model: str = knob("", "a model directory (ours or convert-release output) or random:<preset>")
+    model: str = knob(
+        "", "a model directory (ours or convert-release), a Hub id or random:<preset>"
+    )
     model_overrides: dict[str, Any] = knob(
         {}, "AudioMAEConfig fields for random:<preset>", flag="--model-set"
     )
