@@ -28,7 +28,7 @@ from audiomaepp.data import (
     prepare_shards,
     worker_plan,
 )
-from audiomaepp.data.shards import MemberRef, ShardWriter, decode_npy, iter_clip_members
+from audiomaepp.data.shards import ClipRef, ShardWriter, decode_npy, iter_clip_members
 from audiomaepp.frontend import crop_or_tile, log_mel, standardize, tile_to
 
 SR = 16_000
@@ -477,11 +477,11 @@ def test_slot_with_unloadable_clips_gives_up_after_its_own_clip_count(
     loads: list[str] = []
     real = ShardDataset._load
 
-    def failing(self: ShardDataset, key: str, payload: MemberRef) -> torch.Tensor | None:
+    def failing(self: ShardDataset, key: str, payload: ClipRef, gen: object) -> object:
         if payload.shard.endswith("shard-000003.tar"):
             loads.append(key)
             return None
-        return real(self, key, payload)
+        return real(self, key, payload, gen)
 
     monkeypatch.setattr(ShardDataset, "_load", failing)
     ds = _ds(synth, samples_per_epoch=80)  # 8 shards of 6 clips, 8 slots: one shard each
@@ -531,9 +531,9 @@ def test_resume_continues_the_same_sequence_without_loading_skipped_clips(
     loads: list[str] = []
     real = ShardDataset._load
 
-    def counting(self: ShardDataset, key: str, payload: object) -> torch.Tensor | None:
+    def counting(self: ShardDataset, key: str, payload: object, gen: object) -> object:
         loads.append(key)
-        return real(self, key, payload)
+        return real(self, key, payload, gen)
 
     monkeypatch.setattr(ShardDataset, "_load", counting)
     ds = _ds(synth, crops_per_clip=crops_per_clip, start_index=31)

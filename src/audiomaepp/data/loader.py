@@ -1,7 +1,14 @@
 """Streaming pretraining data: shards (or a folder of audio) -> standardised crops ``(1, 200, 80)``.
 
-Each clip's whole stored log-mel ``(T, 80)`` is standardised with the population std (spec §1),
-then ``crops_per_clip`` random 200-frame crops are cut (clips shorter than 200 frames are tiled).
+Each crop is standardised with the population mean and std of its whole stored clip (spec §1):
+``crops_per_clip`` random windows of ``frames`` (200, the model's input) frames are cut from the
+clip's stored log-mel ``(T, 80)`` (clips shorter than that are tiled), and each window is
+standardised as the whole clip would have been. From a version-2 shard the statistics come from
+the shard's index (computed, with the finiteness check, once by ``prepare``) and only the window's
+frames are read (one ``pread``); version-1 shard members and decoded audio are held whole and their
+statistics computed on reading. A long audio file in a folder is read segment by segment, as
+``prepare`` would store it. :func:`make_loader` builds each batch in its DataLoader worker,
+straight into shared memory (no per-crop tensors to collate).
 
 How one epoch is laid out, so that it is exact, disjoint and reproducible:
 
@@ -18,20 +25,20 @@ How one epoch is laid out, so that it is exact, disjoint and reproducible:
   each pass) until it has produced its count.
 * A slot reads ``interleave`` (8) of its shards at once, each next clip from a random one of
   them, so its stream (and the shuffle buffer) mixes several shards, not one folder's worth.
-* A shard that cannot be read (missing, truncated, corrupt) is skipped for the pass with one
-  warning; a slot left with no readable clip raises an error naming its shards. A member that is
-  not a finite ``(T >= 1, 80)`` float array (wrong shape, zero frames, NaN, garbage) is skipped
-  with one warning naming it.
+* A shard that cannot be read (missing, truncated, corrupt, a broken index) is skipped for the
+  pass with one warning; a slot left with no readable clip raises an error naming its shards. A
+  version-1 member that is not a finite ``(T >= 1, 80)`` float array (wrong shape, zero frames,
+  NaN, garbage) is skipped with one warning naming it, as is a clip whose frames cannot be read.
 * A shuffle buffer mixes clips within a slot's pass and is emptied at the end of the pass, so a
   pass yields each of the slot's clips exactly once. It holds ``(key, MemberRef)`` pairs (shard,
-  offset, size), not the data, so a large buffer is cheap; a clip is read when it leaves the buffer.
+  offset, ...), not the data, so a large buffer is cheap; a clip is read when it leaves the buffer.
 * All random draws come from generators seeded by ``(seed, epoch, slot)``: the same
   ``(seed, rank, epoch)``, ``world_size``, ``num_workers`` and batch size give the same crops.
 
 Resuming mid-epoch: ``start_index`` is the number of samples this rank has already consumed in
 this epoch (``batches_done * batch_size``). The stream is regenerated and the first
-``start_index`` samples are skipped without reading or standardising their clips (only the shuffle
-decisions and tar headers are replayed). With ``num_workers > 1`` it must be a multiple of the
+``start_index`` samples are skipped without reading their clips (only the shuffle decisions and
+the shard indexes are replayed). With ``num_workers > 1`` it must be a multiple of the
 batch size, and each worker takes over the role of the worker that would have produced the next
 batch, so the resumed run continues the very same sequence.
 """
@@ -48,24 +55,38 @@ import random
 import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, NamedTuple
 
 import numpy as np
 import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..audio import AUDIO_EXTENSIONS, find_audio_files, load_audio
-from ..errors import InvalidAudioError
-from ..frontend import INPUT_FRAMES, FrontendConfig, crop_or_tile, log_mel, standardize
+from ..audio import (
+    AUDIO_EXTENSIONS,
+    duration_s,
+    find_audio_files,
+    load_audio,
+    load_segment,
+    num_segments,
+)
+from ..errors import InvalidAudioError, ShardFormatError
+from ..frontend import INPUT_FRAMES, STD_EPS, clip_stats, crop_start, log_mel, tile_to
 from ..seeds import mix_seed
 from .shards import (
+    DEFAULT_SEGMENT_S,
     MANIFEST,
+    N_MELS,
+    ClipRef,
     MemberRef,
+    OpenShards,
+    ShardLayout,
     decode_npy,
     iter_clip_members,
     load_manifest,
     manifest_shards,
+    read_index,
+    scan_shard,
 )
 
 __all__ = [
@@ -79,7 +100,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Item = tuple[str, Any]  # (key, payload): payload is a MemberRef (shards) or a Path (folder)
+Item = tuple[str, Any]  # (key, payload): a ClipRef / MemberRef (shards) or (Path, segment) (folder)
 
 
 def worker_plan(
@@ -117,7 +138,54 @@ def _rng(*parts: int) -> random.Random:
 
 # RNG purposes, so the streams never share draws
 _ASSIGN, _ORDER, _SHUFFLE, _CROP, _INTERLEAVE = range(5)
-N_MELS = FrontendConfig().n_mels  # a stored clip is (T, 80)
+
+
+class _Clip(NamedTuple):
+    """One loaded clip: its raw crop windows and the whole clip's statistics."""
+
+    windows: list[torch.Tensor]  # crops_per_clip unnormalised (frames, 80) log-mel windows
+    mean: float  # the whole clip's mean and population std (float32 values)
+    std: float
+
+
+class _Standardiser:
+    """Standardises crops a batch at a time: ``(window - mean) / (std + 1e-8)`` in float32.
+
+    ``standardize``'s arithmetic with each crop's own whole-clip statistics; the windows are
+    gathered in a staging buffer of their stored dtype (float16 from shards) and converted,
+    shifted and scaled in three vectorised passes over the batch, not three per crop.
+    """
+
+    def __init__(self, batch_size: int, frames: int, dtype: torch.dtype) -> None:
+        self.stage = torch.empty(batch_size, 1, frames, N_MELS, dtype=dtype)
+        self.means: list[float] = []
+        self.stds: list[float] = []
+
+    def add(self, window: torch.Tensor, clip: _Clip) -> None:
+        self.stage[len(self.means), 0].copy_(window)
+        self.means.append(clip.mean)
+        self.stds.append(clip.std)
+
+    def finish(self, out: torch.Tensor) -> None:
+        """Write the standardised crops added so far into ``out`` ``(n, 1, frames, 80)``; reset."""
+        n = len(self.means)
+        mean = torch.tensor(self.means, dtype=torch.float32).view(n, 1, 1, 1)
+        scale = torch.tensor(self.stds, dtype=torch.float32).view(n, 1, 1, 1) + STD_EPS
+        out.copy_(self.stage[:n])  # float16 -> float32 is exact
+        out.sub_(mean).div_(scale)
+        self.means, self.stds = [], []
+
+
+def _batch_buffer(n: int, frames: int) -> torch.Tensor:
+    """``(n, 1, frames, 80)`` float32, in shared memory inside a DataLoader worker.
+
+    A worker's batch travels to the main process as a shared-memory handle; allocating it there
+    in the first place (as torch's own collate does) saves a copy of every batch.
+    """
+    if get_worker_info() is None:
+        return torch.empty(n, 1, frames, N_MELS)
+    storage = torch.UntypedStorage._new_shared(n * frames * N_MELS * 4)
+    return torch.empty(0).set_(storage).view(n, 1, frames, N_MELS)
 
 
 class CropDataset(IterableDataset):
@@ -136,14 +204,20 @@ class CropDataset(IterableDataset):
     * ``interleave`` (8): units (shards) a slot reads at once, drawing each next clip from a
       random one of them, so the shuffle buffer mixes ~8 shards rather than one; 8 open tar
       files per worker is cheap. 1 reads the units one after another.
-    * ``crops_per_clip`` (1): the paper's one crop per clip per epoch; more amortises reading.
-    * ``frames`` (200): one model input is 2 s = 200 frames.
+    * ``crops_per_clip`` (1): the paper's one crop per clip per epoch. ``k > 1`` is an opt-in that
+      changes the recipe: ``k`` windows of each clip (independent starts, so they may overlap)
+      follow each other in the stream, an epoch of the same ``samples_per_epoch`` visits ``k``
+      times fewer clips, and a batch holds crops of ``B / k`` clips only (less diverse). It saves
+      the per-clip work (shard index, statistics; a whole decode for folders and version-1
+      shards), which for version-2 shards is small: see ``docs/SCALE.md``.
+    * ``frames`` (200, ``INPUT_FRAMES``): one model input is 2 s = 200 frames.
     * ``batch_size`` (1): the DataLoader's, used only to map ``start_index`` onto workers
       (:func:`make_loader` sets it).
     * ``with_keys`` (False): also yield the clip key, for debugging and tests.
     """
 
     split_units = True  # slots sharing a unit (too few units) take disjoint subsets of its clips
+    window_dtype = torch.float16  # what _load's windows hold (shards store float16)
 
     def __init__(
         self,
@@ -233,8 +307,8 @@ class CropDataset(IterableDataset):
         """Items of one unit (shard / file), in a fixed order."""
         raise NotImplementedError
 
-    def _load(self, key: str, payload: Any) -> torch.Tensor | None:
-        """The item's log-mel ``(T, 80)`` float32, or None to skip it (bad file)."""
+    def _load(self, key: str, payload: Any, gen: torch.Generator) -> _Clip | None:
+        """The item's crop windows (starts drawn from ``gen``), or None to skip it (bad file)."""
         raise NotImplementedError
 
     def _counts_unread(self, payload: Any) -> bool:
@@ -254,12 +328,12 @@ class CropDataset(IterableDataset):
 
     def iter_worker(self, worker_id: int = 0, num_workers: int = 1) -> Iterator[Any]:
         """The crops DataLoader worker ``worker_id`` of ``num_workers`` yields (for tests/tools)."""
-        epoch, start = self.epoch, self.start_index
-        role, skip, count = worker_plan(
-            self.samples_per_rank, self.batch_size, num_workers, worker_id, start
-        )
-        slot, slots = self.rank * num_workers + role, self.world_size * num_workers
-        return self._crops(epoch, slot, slots, skip, count)
+        one = _Standardiser(1, self.frames, self.window_dtype)
+        for key, window, clip in self._stream(worker_id, num_workers, self.batch_size):
+            crop = torch.empty(1, 1, self.frames, N_MELS)
+            one.add(window, clip)
+            one.finish(crop)
+            yield (crop[0], key) if self.with_keys else crop[0]
 
     def _unit_sizes(self) -> list[int]:
         """Clips per unit, used to balance the slots; every unit counts 1 unless overridden."""
@@ -365,10 +439,15 @@ class CropDataset(IterableDataset):
         yield from buf
 
     def _crops(self, epoch: int, slot: int, slots: int, skip: int, count: int) -> Iterator[Any]:
-        """Crops ``skip`` .. ``skip + count`` of the slot's stream; skipped clips are not read."""
+        """``(key, window, clip)`` of crops ``skip .. skip + count`` of the slot's stream.
+
+        Skipped clips are not read. Each clip draws one seed from the slot's crop stream, read or
+        not, so a resumed stream cuts the very crops the uninterrupted one would have.
+        """
         if count <= 0:
             return
         crop_rng = _rng(self.seed, epoch, slot, slots, _CROP)
+        gen = torch.Generator()  # re-seeded per clip: the windows depend on the clip's seed only
         pos, end, per_clip = 0, skip + count, self.crops_per_clip
         # Give up when none of the slot's clips loads. Failures in a row can span the end of one
         # pass and the start of the next (reshuffled), so up to 2 * (clips - 1) while one clip is
@@ -380,14 +459,12 @@ class CropDataset(IterableDataset):
         failed, max_failed = 0, 2 * max(1, slot_clips)
         try:
             for key, payload in self._items(epoch, slot, slots):
-                crop_seed = crop_rng.getrandbits(
-                    63
-                )  # drawn for skipped clips too: keeps the sequence
+                crop_seed = crop_rng.getrandbits(63)  # drawn for skipped clips too
                 if pos + per_clip <= skip:
                     pos += per_clip if self._counts_unread(payload) else 0
                     continue
-                lms = self._load(key, payload)
-                if lms is None:
+                clip = self._load(key, payload, gen.manual_seed(crop_seed))
+                if clip is None:
                     failed += 1
                     if failed > max_failed:
                         raise RuntimeError(
@@ -397,9 +474,9 @@ class CropDataset(IterableDataset):
                         )
                     continue
                 failed = 0
-                for crop in self._clip_crops(lms, crop_seed):
+                for window in clip.windows:
                     if pos >= skip:
-                        yield (crop, key) if self.with_keys else crop
+                        yield key, window, clip
                     pos += 1
                     if pos >= end:
                         return
@@ -409,20 +486,58 @@ class CropDataset(IterableDataset):
     def _release(self) -> None:
         """Free per-iteration resources (open files) when a stream ends or is abandoned."""
 
-    def _clip_crops(self, lms: torch.Tensor, crop_seed: int) -> Iterator[torch.Tensor]:
-        """``crops_per_clip`` crops ``(1, frames, 80)`` of one clip, standardised as a whole."""
-        clip = standardize(lms, unbiased=False)  # (T, 80): population std over the whole clip
-        gen = torch.Generator().manual_seed(crop_seed)
-        for _ in range(self.crops_per_clip):
-            yield crop_or_tile(clip, self.frames, gen).unsqueeze(0).clone()  # own storage
+    def _starts(self, t: int, gen: torch.Generator) -> list[int]:
+        """First frames of the clip's ``crops_per_clip`` windows (0 for a clip that is tiled)."""
+        span = max(t, self.frames)  # a short clip is tiled to exactly ``frames`` first
+        return [crop_start(span, self.frames, gen) for _ in range(self.crops_per_clip)]
+
+    def _whole_clip(self, lms: torch.Tensor, gen: torch.Generator) -> _Clip:
+        """Windows of a clip held whole ``(T, 80)``, with its statistics computed here.
+
+        ``lms`` is float16 (a version-1 member) or float32 (decoded audio); the statistics are
+        those ``standardize`` computes on its float32 values.
+        """
+        mean, std = clip_stats(lms.float(), unbiased=False)  # population std (spec §1)
+        tiled = tile_to(lms, self.frames)
+        windows = [tiled[s : s + self.frames] for s in self._starts(lms.shape[0], gen)]
+        return _Clip(windows, float(mean), float(std))
+
+    def _stream(self, worker_id: int, num_workers: int, batch_size: int) -> Iterator[Any]:
+        epoch, start = self.epoch, self.start_index
+        role, skip, count = worker_plan(
+            self.samples_per_rank, batch_size, num_workers, worker_id, start
+        )
+        slot, slots = self.rank * num_workers + role, self.world_size * num_workers
+        return self._crops(epoch, slot, slots, skip, count)
+
+    def iter_batches(
+        self, batch_size: int, worker_id: int = 0, num_workers: int = 1, drop_last: bool = False
+    ) -> Iterator[Any]:
+        """The batches ``(B, 1, frames, 80)`` DataLoader worker ``worker_id`` yields (or
+        ``(batch, keys)`` when ``with_keys``): :meth:`iter_worker`'s crops, ``batch_size`` at a
+        time, each written straight into its batch (in shared memory inside a worker)."""
+        crops = self._stream(worker_id, num_workers, batch_size)
+        batcher = _Standardiser(batch_size, self.frames, self.window_dtype)
+        while True:
+            keys = []
+            for key, window, clip in itertools.islice(crops, batch_size):
+                batcher.add(window, clip)
+                keys.append(key)
+            if not keys or (drop_last and len(keys) < batch_size):
+                return
+            batch = _batch_buffer(len(keys), self.frames)
+            batcher.finish(batch)
+            yield (batch, keys) if self.with_keys else batch
 
 
 class ShardDataset(CropDataset):
     """Crops from log-mel shards written by ``prepare`` (see the module docstring).
 
-    ``shards``: tar paths; ``clip_counts``: their clip counts (from the manifest; counted from the
-    tar headers when omitted). ``samples_per_epoch`` defaults to ``clips * crops_per_clip``.
-    Other keyword arguments: see :class:`CropDataset`.
+    ``shards``: tar paths. ``layouts``: their :class:`~audiomaepp.data.shards.ShardLayout` (from
+    the manifest; :meth:`from_dir` passes them); ``clip_counts``: their clip counts when the
+    layouts are not known (then each worker reads a shard's tar headers once to find its index).
+    Given neither, the tar headers are read here. ``samples_per_epoch`` defaults to
+    ``clips * crops_per_clip``. Other keyword arguments: see :class:`CropDataset`.
     """
 
     def __init__(
@@ -431,22 +546,27 @@ class ShardDataset(CropDataset):
         samples_per_epoch: int | None = None,
         *,
         clip_counts: Sequence[int] | None = None,
+        layouts: Sequence[ShardLayout | None] | None = None,
         **kwargs: Any,
     ) -> None:
         if not shards:
             raise ValueError("ShardDataset needs at least one shard")
         self.shards = [str(s) for s in shards]
-        self._warned: set[str] = set()  # shards already reported unreadable (per process)
-        counts = (
-            list(clip_counts)
-            if clip_counts is not None
-            else [sum(1 for _ in self._unit_items(i)) for i in range(len(self.shards))]
+        self._warned: set[str] = set()  # shards / clips already reported unreadable (per process)
+        if layouts is None and clip_counts is None:
+            layouts = [self._scan(i) for i in range(len(self.shards))]
+        self.layouts: list[ShardLayout | None] = (
+            list(layouts) if layouts is not None else [None] * len(self.shards)
         )
-        self.clip_counts = counts
+        if clip_counts is None:
+            clip_counts = [lay.clips if lay is not None else 0 for lay in self.layouts]
+        self.clip_counts = list(clip_counts)
         if samples_per_epoch is None:
-            samples_per_epoch = sum(counts) * kwargs.get("crops_per_clip", 1)
-        self._handles: dict[str, BinaryIO] = {}  # per process: open shard files
+            samples_per_epoch = sum(self.clip_counts) * kwargs.get("crops_per_clip", 1)
         super().__init__(samples_per_epoch, **kwargs)
+        # per process: open shard files; enough for the interleaved shards and the shuffle
+        # buffer's stragglers from shards that have just left the interleave
+        self._files = OpenShards(capacity=2 * self.interleave)
 
     @classmethod
     def from_dir(
@@ -456,21 +576,19 @@ class ShardDataset(CropDataset):
         manifest = load_manifest(shard_dir)
         if not manifest["clips"]:
             raise ValueError(f"{shard_dir}: the manifest lists no clips (every input was skipped?)")
-        paths, counts = manifest_shards(shard_dir, manifest)
-        return cls(paths, samples_per_epoch, clip_counts=counts, **kwargs)
+        paths, layouts = manifest_shards(shard_dir, manifest)
+        return cls(paths, samples_per_epoch, layouts=layouts, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_handles"] = {}  # open files do not travel to worker processes
+        state["_files"] = OpenShards(self._files.capacity)  # open files stay in this process
         return state
 
     def _num_units(self) -> int:
         return len(self.shards)
 
     def _release(self) -> None:
-        for f in self._handles.values():
-            f.close()
-        self._handles.clear()
+        self._files.close()
 
     def _unit_sizes(self) -> list[int]:
         return self.clip_counts
@@ -478,33 +596,78 @@ class ShardDataset(CropDataset):
     def _unit_name(self, unit: int) -> str:
         return self.shards[unit]
 
+    def _warn_once(self, name: str, message: str, *args: Any) -> None:
+        if name not in self._warned:  # once per shard / clip and worker, not once per pass
+            self._warned.add(name)
+            logger.warning(message, *args)
+
+    def _scan(self, unit: int) -> ShardLayout | None:
+        """The shard's layout from its tar headers; None when they cannot all be read.
+
+        A damaged shard is then read member by member (version 1's way), which still gives the
+        clips before a truncation and warns where it stops.
+        """
+        try:
+            return scan_shard(self.shards[unit])
+        except (tarfile.ReadError, OSError, EOFError):
+            return None
+
     def _unit_items(self, unit: int) -> Iterator[Item]:
         """The shard's clips; an unreadable shard is skipped (from the error on) for this pass."""
         shard = self.shards[unit]
+        if self.layouts[unit] is None:  # not known yet: read the headers, once per process
+            self.layouts[unit] = self._scan(unit) or ShardLayout(1, 0)
+        layout = self.layouts[unit]
         try:
+            if layout.index is not None:
+                try:
+                    yield from read_index(shard, layout.index, self._files)
+                    return
+                except ValueError as exc:  # raised before the first clip: nothing was given yet
+                    msg = "%s: %s; reading its members one by one"
+                    self._warn_once(f"{shard}#index", msg, shard, exc)
+                    self.layouts[unit] = ShardLayout(1, layout.clips)
             yield from iter_clip_members(shard)
-        except (tarfile.ReadError, OSError, EOFError) as exc:
-            if shard not in self._warned:  # once per shard and worker, not once per pass
-                self._warned.add(shard)
-                logger.warning("%s: skipping unreadable shard (%s)", shard, exc)
+        except ShardFormatError:
+            raise
+        except (tarfile.ReadError, OSError, EOFError, ValueError) as exc:
+            self._warn_once(shard, "%s: skipping unreadable shard (%s)", shard, exc)
 
-    def _load(self, key: str, payload: MemberRef) -> torch.Tensor | None:
-        """The member's log-mel ``(T, 80)``, or None (one warning) when it is unreadable or bad.
+    def _load(self, key: str, payload: ClipRef | MemberRef, gen: torch.Generator) -> _Clip | None:
+        """The clip's crop windows, or None (one warning) when it cannot be read or is bad."""
+        if isinstance(payload, ClipRef):
+            return self._load_indexed(key, payload, gen)
+        return self._load_member(key, payload, gen)
+
+    def _load_indexed(self, key: str, ref: ClipRef, gen: torch.Generator) -> _Clip | None:
+        """Version 2: read only each window's frames; the statistics come from the index."""
+        starts = self._starts(ref.frames, gen)
+        try:
+            if ref.frames >= self.frames:
+                windows = [ref.read_frames(self._files, s, self.frames) for s in starts]
+            else:  # tiled: every start is 0
+                windows = [tile_to(ref.read_frames(self._files, 0, ref.frames), self.frames)]
+                windows *= len(starts)
+        except (OSError, EOFError) as exc:
+            self._warn_once(key, "%s: skipping clip %s: unreadable (%s)", ref.shard, key, exc)
+            return None
+        return _Clip(windows, ref.mean, ref.std)
+
+    def _load_member(self, key: str, ref: MemberRef, gen: torch.Generator) -> _Clip | None:
+        """Version 1: parse and check the whole member, compute its statistics.
 
         A shard member is untrusted input: a truncated or corrupt ``.npy``, another shape, zero
         frames or NaN/inf values would kill the worker or reach the loss, so each is checked.
         """
         try:
-            array = decode_npy(payload.read(self._handles))
+            array = decode_npy(ref.read(self._files))
             problem = _member_problem(array)
         except Exception as exc:  # numpy raises ValueError, EOFError, ... on corrupt bytes
             problem = f"unreadable ({type(exc).__name__}: {exc})"
         if problem is not None:
-            if key not in self._warned:  # once per clip and worker, not once per pass
-                self._warned.add(key)
-                logger.warning("%s: skipping clip %s: %s", payload.shard, key, problem)
+            self._warn_once(key, "%s: skipping clip %s: %s", ref.shard, key, problem)
             return None
-        return torch.from_numpy(array).float()  # (T, 80); torch converts float16 ~5x faster
+        return self._whole_clip(torch.from_numpy(array), gen)  # (T, 80) float16
 
 
 def _member_problem(array: np.ndarray) -> str | None:
@@ -523,48 +686,79 @@ def _member_problem(array: np.ndarray) -> str | None:
 class FolderDataset(CropDataset):
     """Crops from audio files decoded on the fly (``load_audio`` + ``log_mel``): small jobs only.
 
-    ``files``: audio paths. Files that fail to decode are skipped with a warning naming them.
-    ``samples_per_epoch`` defaults to ``len(files) * crops_per_clip``. With fewer files than
+    ``files``: audio paths. Files that fail to decode are skipped with a warning naming them. A
+    file longer than ``segment_s`` (30 s, as ``prepare``) gives one clip per segment, each decoded
+    alone (seek + decode of that stretch), so memory does not grow with the file's length and the
+    crops are those of the shards ``prepare`` would write; ``None`` decodes every file whole.
+    ``samples_per_epoch`` defaults to ``clips * crops_per_clip``. With fewer files than
     (rank, worker) slots, slots repeat files. Resuming skips files without decoding, judging them
     by their header only, so a file that is only found bad when decoded (NaN samples) shifts the
     resumed position by its crops.
     """
 
     split_units = False
+    window_dtype = torch.float32  # log-mels computed here are float32
 
     def __init__(
-        self, files: Sequence[str | Path], samples_per_epoch: int | None = None, **kwargs: Any
+        self,
+        files: Sequence[str | Path],
+        samples_per_epoch: int | None = None,
+        *,
+        segment_s: float | None = DEFAULT_SEGMENT_S,
+        **kwargs: Any,
     ) -> None:
         if not files:
             raise ValueError("FolderDataset needs at least one audio file")
         self.files = [Path(f) for f in files]
+        self.segment_s = segment_s
+        self.segments = [self._count_segments(f) for f in self.files]  # None: decode it whole
         if samples_per_epoch is None:
-            samples_per_epoch = len(self.files) * kwargs.get("crops_per_clip", 1)
+            samples_per_epoch = sum(self._unit_sizes()) * kwargs.get("crops_per_clip", 1)
         self._warned: set[str] = set()
         super().__init__(samples_per_epoch, **kwargs)
 
+    def _count_segments(self, path: Path) -> int | None:
+        seconds = duration_s(path) if self.segment_s is not None else None
+        if seconds is None or self.segment_s is None or seconds <= self.segment_s:
+            return None
+        return num_segments(seconds, self.segment_s)
+
     def _num_units(self) -> int:
         return len(self.files)
+
+    def _unit_sizes(self) -> list[int]:
+        return [n or 1 for n in self.segments]
 
     def _unit_name(self, unit: int) -> str:
         return str(self.files[unit])
 
     def _unit_items(self, unit: int) -> Iterator[Item]:
-        yield str(self.files[unit]), self.files[unit]
+        path, n = self.files[unit], self.segments[unit]
+        if n is None:
+            yield str(path), (path, None)
+        else:
+            for i in range(n):
+                yield f"{path}_s{i:05d}", (path, i)
 
-    def _load(self, key: str, payload: Path) -> torch.Tensor | None:
+    def _load(
+        self, key: str, payload: tuple[Path, int | None], gen: torch.Generator
+    ) -> _Clip | None:
+        path, segment = payload
         try:
-            audio = load_audio(payload)  # (N,) float32 mono 16 kHz
+            if segment is None:
+                audio = load_audio(path)  # (N,) float32 mono 16 kHz
+            else:
+                audio = load_segment(path, segment, self.segment_s)  # type: ignore[arg-type]
         except InvalidAudioError as exc:
             if key not in self._warned:  # once per file and worker, not once per pass
                 self._warned.add(key)
                 logger.warning("skipping %s", exc)
             return None
-        return log_mel(torch.from_numpy(audio))[0, 0]  # (T, 80)
+        return self._whole_clip(log_mel(torch.from_numpy(audio))[0, 0], gen)  # (T, 80)
 
-    def _counts_unread(self, payload: Path) -> bool:
+    def _counts_unread(self, payload: tuple[Path, int | None]) -> bool:
         try:
-            return sf.info(str(payload)).frames > 0
+            return sf.info(str(payload[0])).frames > 0
         except Exception:
             return False
 
@@ -608,8 +802,25 @@ def make_pretraining_dataset(
     return FolderDataset(files, samples_per_epoch, **kwargs)
 
 
+class _Batches(IterableDataset):
+    """A :class:`CropDataset`'s batches, built inside each DataLoader worker (see make_loader)."""
+
+    def __init__(self, dataset: CropDataset, batch_size: int, drop_last: bool) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.drop_last = dataset, batch_size, drop_last
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.dataset.iter_batches(self.batch_size, worker_id, num_workers, self.drop_last)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
 def make_loader(
-    dataset: CropDataset,
+    dataset: IterableDataset,
     batch_size: int,
     *,
     num_workers: int | None = None,
@@ -621,13 +832,16 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader over ``dataset`` giving ``(batch, 1, 200, 80)`` float32 batches.
 
-    ``num_workers`` defaults to ``min(8, cpu count)`` (decoding float16 + standardising is cheap;
-    8 feeds one GPU several thousand crops/s). ``pin_memory`` defaults to ``cuda.is_available()``
-    (faster, asynchronous host-to-GPU copies). ``prefetch_factor`` 4 batches per worker hides
-    shard-read hiccups. Persistent workers keep open shards and skip a fork per epoch; call
-    ``dataset.set_epoch(e)`` before each ``iter(loader)``. Also sets ``dataset.batch_size``, which
-    the resume mapping needs. ``worker_init_fn`` runs in each worker before it reads (the trainer
-    uses it to leave SIGTERM / SIGINT to the main process).
+    A :class:`CropDataset` builds whole batches in its workers (:meth:`CropDataset.iter_batches`:
+    the batches the DataLoader would have collated, in the same order); any other dataset (the
+    fine-tuning crops) is batched by the DataLoader. ``num_workers`` defaults to
+    ``min(8, cpu count)`` (one worker gives several thousand crops/s from version-2 shards, see
+    ``docs/SCALE.md``). ``pin_memory`` defaults to ``cuda.is_available()`` (faster, asynchronous
+    host-to-GPU copies). ``prefetch_factor`` 4 batches per worker hides shard-read hiccups.
+    Persistent workers keep open shards and skip a fork per epoch; call ``dataset.set_epoch(e)``
+    before each ``iter(loader)``. Also sets ``dataset.batch_size``, which the resume mapping
+    needs. ``worker_init_fn`` runs in each worker before it reads (the trainer uses it to leave
+    SIGTERM / SIGINT to the main process).
     """
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1)
@@ -637,12 +851,16 @@ def make_loader(
     extra: dict[str, Any] = {}
     if num_workers > 0:
         extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
+    if isinstance(dataset, CropDataset):
+        source: IterableDataset = _Batches(dataset, batch_size, drop_last)
+        batching: dict[str, Any] = {"batch_size": None}
+    else:
+        source, batching = dataset, {"batch_size": batch_size, "drop_last": drop_last}
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
+        source,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        drop_last=drop_last,
         worker_init_fn=worker_init_fn,
+        **batching,
         **extra,
     )

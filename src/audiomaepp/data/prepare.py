@@ -2,16 +2,23 @@
 
 Pipeline: list the inputs (sorted) -> keep this node's files (``index % num_nodes == node_rank``)
 -> put them in a permutation seeded by ``seed`` (so every shard mixes folders, classes and
-sources instead of holding one directory) -> a process pool decodes each file (``load_audio``: mono, 16 kHz) and computes the unnormalised
-log-mel of the whole clip (``log_mel``, ``(T, 80)``) -> the parent writes the results in input
-order, filling a shard until it reaches ``shard_size_mb`` -> ``manifest.json``.
+sources instead of holding one directory) -> a process pool decodes each file (``load_audio``:
+mono, 16 kHz) and computes the unnormalised log-mel of the whole clip (``log_mel``, ``(T, 80)``)
+-> the parent writes the results in input order, filling a shard until it reaches
+``shard_size_mb``, each clip with its whole-clip mean / std in the shard's index (see
+:mod:`audiomaepp.data.shards`) -> ``manifest.json``.
 
 Why each piece:
 
 * Log-mels, not audio, are stored: the STFT of ~2 M clips per epoch would cost more CPU than the
   model step; float16 halves the size (log-mels span about [-16, 20], float16 keeps ~3 digits).
-* Standardisation is *not* baked in: the loader standardises each whole clip at read time, so the
-  same shards serve any normalisation choice.
+* Standardisation is *not* baked in, but its statistics are: the loader standardises each crop
+  with its whole clip's stored mean and std, so it never touches more than the crop, and the
+  stored log-mel still serves any other normalisation. Finiteness is checked here, once.
+* Long files in bounded memory: a file longer than ``segment_s`` is decoded piece by piece and its
+  segments' log-mels are written to a spool file (``.spool/`` in the output folder) as they are
+  computed; the parent copies them into the shard one at a time. Neither process ever holds the
+  whole file, so a 3-hour recording needs the memory of a 30-s one.
 * Deterministic output: files are sorted, permuted with a fixed seed and written in that order,
   tar headers carry no time stamps, so a given input list and config always gives the same
   shards, whatever ``workers`` is.
@@ -35,6 +42,8 @@ import logging
 import os
 import random
 import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -43,19 +52,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from tqdm import tqdm
 
-from ..audio import find_audio_files, load_audio
-from ..errors import AudioDecodeError, InvalidAudioError
+from ..audio import duration_s, find_audio_files, iter_pieces, load_audio
+from ..errors import InvalidAudioError
 from ..fileio import atomic_write_bytes
 from ..frontend import SAMPLE_RATE, FrontendConfig, log_mel
 from ..workers import WorkFailed, imap_files
 from .shards import (
+    DEFAULT_SEGMENT_S,
     FORMAT,
     FORMAT_VERSION,
+    N_MELS,
     ShardWriter,
     manifest_name,
     merge_manifests,
@@ -70,6 +79,7 @@ __all__ = [
     "PrepareConfig",
     "PrepareReport",
     "ClipResult",
+    "SegmentSpool",
     "default_workers",
     "process_file",
     "clip_keys",
@@ -114,8 +124,8 @@ class PrepareConfig:
     # Files longer than this are cut into segments of this length (the last one shorter): decoded
     # piece by piece (bounded memory) and stored as one member each, so the loader takes a crop
     # of every segment per epoch instead of one 2-s crop of a 10-h file. 30 s leaves the usual
-    # 10-s clips whole. None stores every file whole.
-    segment_s: float | None = 30.0
+    # 10-s clips whole. None stores every file whole (memory then grows with a file's length).
+    segment_s: float | None = DEFAULT_SEGMENT_S
 
     def validate(self) -> None:
         """Raise ``ValueError`` on impossible settings, naming the option."""
@@ -141,8 +151,34 @@ class PrepareConfig:
             "sample_rate": SAMPLE_RATE,
             "frontend": asdict(FrontendConfig()),
             "dtype": "float16",
-            "layout": "(T, 80) time first, unnormalised log(mel + eps)",
+            "layout": f"(T, {N_MELS}) time first, unnormalised log(mel + eps)",
         }
+
+
+@dataclass(frozen=True)
+class SegmentSpool:
+    """A long file's usable segments, on disk: raw float16 ``(T_i, 80)`` arrays one after another.
+
+    The worker appends each segment's log-mel as soon as it is computed; the parent reads them
+    back one at a time (:meth:`read`) and then deletes the file (:meth:`remove`).
+    """
+
+    path: str
+    # (segment index in the file: it starts at index * segment_s seconds, frames, samples at
+    # 16 kHz) of each kept segment; silent, too-short and non-finite segments are left out
+    segments: tuple[tuple[int, int, int], ...]
+
+    def read(self) -> Iterator[tuple[int, np.ndarray, int]]:
+        """``(index, log-mel (T_i, 80) float16, samples)`` of each segment, in order."""
+        with open(self.path, "rb") as f:
+            for index, frames, samples in self.segments:
+                lms = np.fromfile(f, dtype=np.float16, count=frames * N_MELS)
+                if lms.size != frames * N_MELS:
+                    raise EOFError(f"{self.path}: spool ends inside segment {index}")
+                yield index, lms.reshape(frames, N_MELS), samples
+
+    def remove(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
 
 
 @dataclass
@@ -153,9 +189,7 @@ class ClipResult:
     samples: int  # samples at 16 kHz after decoding (0 when unknown)
     reason: str | None = None  # one of SKIP_REASONS when skipped
     detail: str | None = None  # the message, naming the file
-    # A long file's consecutive segments, each (T_i, 80) float16 (segment i starts at
-    # i * segment_s seconds); segments that are silent, too short or non-finite are left out.
-    segments: list[np.ndarray] | None = None
+    spool: SegmentSpool | None = None  # a long file's segments (written to disk as computed)
 
 
 @dataclass
@@ -190,123 +224,120 @@ def _skip(reason: str, detail: str, samples: int = 0) -> ClipResult:
 
 
 def _classify(exc: InvalidAudioError) -> str:
-    """Map ``load_audio``'s errors onto SKIP_REASONS (its messages say 'empty' / 'NaN')."""
-    if isinstance(exc, AudioDecodeError):
-        return "decode_error"
-    msg = str(exc)
-    if "empty" in msg:
-        return "empty"
-    if "NaN" in msg or "infinite" in msg:
-        return "non_finite"
-    return "error"
+    """The skip reason of an audio error: its typed ``reason`` (never its message's text)."""
+    return exc.reason if exc.reason in SKIP_REASONS else "error"
+
+
+class _Unusable(Exception):
+    """Samples that decode but make no training clip; ``reason`` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _usable_logmel(audio: np.ndarray, min_duration_s: float, what: str) -> np.ndarray:
+    """The log-mel ``(T, 80)`` float16 of ``audio`` (mono 16 kHz), or :class:`_Unusable`.
+
+    The one set of checks for a whole file and for each segment of a long one: empty, non-finite,
+    digitally silent (every sample 0), shorter than ``min_duration_s``, non-finite log-mel.
+    """
+    n = int(audio.shape[0])
+    if n == 0:
+        raise _Unusable("empty", f"{what}: empty audio (0 samples)")
+    if not np.isfinite(audio).all():
+        raise _Unusable("non_finite", f"{what}: contains NaN or infinite samples")
+    if float(np.abs(audio).max()) == 0.0:
+        raise _Unusable("silent", f"{what}: digital silence (every sample is 0)")
+    if n < min_duration_s * SAMPLE_RATE:
+        raise _Unusable("too_short", f"{what}: {n / SAMPLE_RATE:.3f} s is under {min_duration_s} s")
+    lms = log_mel(torch.from_numpy(audio))[0, 0]  # (T, 80) float32
+    if not bool(torch.isfinite(lms).all()):
+        raise _Unusable("non_finite", f"{what}: log-mel has NaN or infinite values")
+    return lms.numpy().astype(np.float16)
 
 
 def process_file(
-    path: str, min_duration_s: float = 0.1, segment_s: float | None = None
+    path: str,
+    min_duration_s: float = 0.1,
+    segment_s: float | None = None,
+    spool: str | None = None,
 ) -> ClipResult:
     """Decode one file and compute its log-mel ``(T, 80)`` float16, ``T = 1 + N // 160``.
 
-    A file longer than ``segment_s`` seconds is decoded piece by piece and stored as consecutive
-    segments of ``segment_s`` (see :func:`_process_long`). Never raises for a bad file: returns a
-    :class:`ClipResult` with ``reason`` set instead.
+    A file longer than ``segment_s`` seconds is decoded piece by piece and its segments are
+    written to ``spool`` (a new temporary file when None) as they are computed (see
+    :func:`_process_long`); the caller reads them through ``result.spool`` and removes the file.
+    Never raises for a bad file: returns a :class:`ClipResult` with ``reason`` set instead.
     """
     if segment_s is not None:
-        seconds = _duration_s(path)
+        seconds = duration_s(path)
         if seconds is not None and seconds > segment_s:
-            return _process_long(path, min_duration_s, segment_s)
+            return _process_long(path, min_duration_s, segment_s, spool)
     try:
         audio = load_audio(path)  # (N,) float32 mono 16 kHz
     except InvalidAudioError as exc:
         return _skip(_classify(exc), str(exc))
     except Exception as exc:  # anything else libsndfile / soxr may throw: record, keep going
         return _skip("error", f"{path}: {type(exc).__name__}: {exc}")
-    n = int(audio.shape[0])
-    if float(np.abs(audio).max()) == 0.0:
-        return _skip("silent", f"{path}: digital silence (every sample is 0)", n)
-    if n < min_duration_s * SAMPLE_RATE:
-        return _skip("too_short", f"{path}: {n / SAMPLE_RATE:.3f} s is under {min_duration_s} s", n)
-    lms = log_mel(torch.from_numpy(audio))[0, 0]  # (T, 80) float32
-    if not bool(torch.isfinite(lms).all()):
-        return _skip("non_finite", f"{path}: log-mel has NaN or infinite values", n)
-    return ClipResult(lms.numpy().astype(np.float16), n)
-
-
-def _duration_s(path: str) -> float | None:
-    """The file's duration from its header (None when the header cannot be read)."""
     try:
-        info = sf.info(path)
-        return info.frames / info.samplerate if info.samplerate > 0 else None
-    except Exception:  # an unreadable header is reported by the full decode
-        return None
+        return ClipResult(_usable_logmel(audio, min_duration_s, path), int(audio.shape[0]))
+    except _Unusable as bad:
+        return _skip(bad.reason, bad.detail, int(audio.shape[0]))
 
 
-def _pieces(path: str, piece_s: float) -> Iterator[np.ndarray]:
-    """Mono float32 16 kHz samples of ``path`` in consecutive pieces of ``piece_s`` seconds.
-
-    Reads and resamples one piece at a time (a streaming resampler keeps the pieces seamless), so
-    memory stays at a few pieces whatever the file's length; the last piece may be shorter.
-    """
-    with sf.SoundFile(path) as f:
-        rate, size = f.samplerate, round(piece_s * SAMPLE_RATE)
-        stream = None
-        if rate != SAMPLE_RATE:
-            stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        block, pending = max(1, round(piece_s * rate)), np.zeros(0, np.float32)
-        while True:
-            x = f.read(block, dtype="float32", always_2d=True).mean(axis=1)  # (n,) mono
-            last = len(x) < block
-            if stream is not None:
-                x = stream.resample_chunk(x, last=last)
-            pending = np.concatenate([pending, x.astype(np.float32, copy=False)])
-            while len(pending) >= size:
-                yield pending[:size]
-                pending = pending[size:]
-            if last:
-                break
-        if len(pending):
-            yield pending
-
-
-def _process_long(path: str, min_duration_s: float, segment_s: float) -> ClipResult:
+def _process_long(
+    path: str, min_duration_s: float, segment_s: float, spool: str | None
+) -> ClipResult:
     """A long file as segments of ``segment_s``: one decoded piece in memory at a time.
 
-    Peak memory is one piece of audio plus the float16 log-mels (~58 MB per hour), instead of the
-    whole file's float32 samples and STFT (~1.2 GB per hour). Segments that are digitally silent,
-    shorter than ``min_duration_s`` or non-finite are dropped; if none is left the file is skipped.
+    Each usable segment's float16 log-mel is appended to the spool file as soon as it is computed,
+    so memory stays at one piece of audio and its STFT, whatever the file's length (holding the
+    log-mels instead costs ~58 MB per hour, the whole file's samples and STFT ~1.2 GB per hour).
+    Segments that are digitally silent, shorter than ``min_duration_s`` or non-finite are dropped;
+    if none is left the file is skipped.
     """
-    segments, samples, dropped = [], 0, Counter()
+    if spool is None:
+        fd, spool = tempfile.mkstemp(suffix=".f16", prefix="audiomaepp-spool-")
+        os.close(fd)
+    kept, samples, dropped = [], 0, Counter()
     try:
-        for piece in _pieces(path, segment_s):
-            samples += len(piece)
-            if not np.isfinite(piece).all():
-                dropped["non_finite"] += 1
-            elif float(np.abs(piece).max()) == 0.0:
-                dropped["silent"] += 1
-            elif len(piece) < min_duration_s * SAMPLE_RATE:
-                dropped["too_short"] += 1
-            else:
-                lms = log_mel(torch.from_numpy(piece))[0, 0]  # (T, 80) float32
-                segments.append(lms.numpy().astype(np.float16))
+        with open(spool, "wb") as out:
+            for index, piece in enumerate(iter_pieces(path, segment_s)):
+                samples += len(piece)
+                try:
+                    lms = _usable_logmel(piece, min_duration_s, f"{path} segment {index}")
+                except _Unusable as bad:
+                    dropped[bad.reason] += 1
+                    continue
+                out.write(lms.tobytes())
+                kept.append((index, int(lms.shape[0]), int(len(piece))))
     except Exception as exc:  # libsndfile / soxr errors part-way: record the file, keep going
+        Path(spool).unlink(missing_ok=True)
         return _skip("decode_error", f"{path}: cannot decode audio ({type(exc).__name__}: {exc})")
-    if not segments:
+    if not kept:
+        Path(spool).unlink(missing_ok=True)
         reason = dropped.most_common(1)[0][0] if dropped else "empty"
         return _skip(
             reason, f"{path}: no usable {segment_s:g}-s segment ({dict(dropped)})", samples
         )
-    return ClipResult(None, samples, segments=segments)
+    return ClipResult(None, samples, spool=SegmentSpool(spool, tuple(kept)))
 
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core already; intra-op threads would oversubscribe
 
 
-def _results(jobs: Sequence[_Job], cfg: PrepareConfig) -> Iterator[ClipResult]:
+def _results(jobs: Sequence[_Job], cfg: PrepareConfig, spool_dir: Path) -> Iterator[ClipResult]:
     """Results of ``process_file`` for ``jobs``, in input order (worker processes when ``workers > 1``).
 
     A file whose worker died twice (or whose processing raised) becomes a ``worker_failed`` skip.
+    A long file's segments go to ``spool_dir / KEY.f16`` (a retried file starts it afresh).
     """
-    args = [(job.path, cfg.min_duration_s, cfg.segment_s) for job in jobs]
+    args = [
+        (job.path, cfg.min_duration_s, cfg.segment_s, str(spool_dir / f"{job.key}.f16"))
+        for job in jobs
+    ]
     workers = cfg.workers if len(jobs) > 1 else 1
     threads = torch.get_num_threads()
     if workers <= 1:
@@ -323,7 +354,7 @@ def _results(jobs: Sequence[_Job], cfg: PrepareConfig) -> Iterator[ClipResult]:
         torch.set_num_threads(threads)
 
 
-def _process_star(args: tuple[str, float, float | None]) -> ClipResult:
+def _process_star(args: tuple[str, float, float | None, str]) -> ClipResult:
     return process_file(*args)
 
 
@@ -445,16 +476,28 @@ class _ProgressLog:
 
     def __init__(self, path: Path, fingerprint: str, files: int) -> None:
         self.path = path
-        self.header = {"format": FORMAT, "fingerprint": fingerprint, "files": files}
+        self.header = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "files": files,
+        }
 
     def resume(self, out: Path, overwrite: bool) -> list[dict[str, Any]]:
         """Chunks that can be kept; raises if ``out`` holds another run's progress."""
         header, chunks = _read_progress(self.path)
         if header is not None and header.get("fingerprint") != self.header["fingerprint"]:
             if not overwrite:
+                version = header.get("version", 1)  # version-1 runs did not record it
+                what = (
+                    f"shards of format version {version} (this audiomaepp writes version "
+                    f"{FORMAT_VERSION}; the loader still reads them)"
+                    if version != FORMAT_VERSION
+                    else "shards of a different input list or config"
+                )
                 raise ValueError(
-                    f"{out} holds shards of a different input list or config ({self.path.name}); "
-                    "use another --out folder, or --overwrite to replace this node's shards"
+                    f"{out} holds {what} ({self.path.name}); use another --out folder, or "
+                    "--overwrite to replace this node's shards"
                 )
             header, chunks = None, []
         kept = _valid_prefix(out, chunks) if header is not None else []
@@ -470,7 +513,8 @@ class _ProgressLog:
 
 
 def _clean_stale(out: Path, cfg: PrepareConfig, keep: set[str]) -> None:
-    """Delete this node's ``.tmp`` leftovers and shards that no kept record lists."""
+    """Delete this node's ``.tmp`` leftovers, shards that no kept record lists, and its spool."""
+    shutil.rmtree(_spool_dir(out, cfg), ignore_errors=True)
     pattern = re.compile(
         rf"shard{re.escape(rank_tag(cfg.node_rank, cfg.num_nodes))}-\d{{6}}\.tar(\.tmp)?"
     )
@@ -494,6 +538,7 @@ def _new_chunk(start: int) -> dict[str, Any]:
         "frames": 0,
         "seconds": 0.0,
         "bytes": 0,
+        "index": None,  # (offset, size) of the shard's clip index member
         "skipped": [],
         "segmented": [],
     }
@@ -517,27 +562,28 @@ class _Writer:
             c["skipped"].append(
                 {"path": job.path, "reason": result.reason, "detail": result.detail}
             )
-        elif result.segments is not None:
-            self._add_segments(job, result)
+        elif result.spool is not None:
+            self._add_segments(job, result.spool, result.samples)
         else:
             self._add_clip(job, result.lms, job.key, result.samples, {})
         c["end"] = index + 1
         if self.shard is not None and self.shard.size >= self.target:
             self.commit()
 
-    def _add_segments(self, job: _Job, result: ClipResult) -> None:
-        """One member per segment, keyed ``KEY_sNNNNN`` (N = the segment's index in the file)."""
-        step = self.cfg.segment_s
-        for i, lms in enumerate(result.segments):
-            samples = (lms.shape[0] - 1) * 160  # the frames' span (log-mel hop: 160 samples)
-            extra = {"segment": i, "segments": len(result.segments), "offset_s": i * step}
-            self._add_clip(job, lms, f"{job.key}_s{i:05d}", samples, extra)
+    def _add_segments(self, job: _Job, spool: SegmentSpool, samples: int) -> None:
+        """One member per segment, keyed ``KEY_sNNNNN`` (N = the segment's index in the file).
+
+        Read from the worker's spool file one segment at a time, which is then deleted.
+        """
+        step, count = self.cfg.segment_s, len(spool.segments)
+        try:
+            for i, lms, seg_samples in spool.read():
+                extra = {"segment": i, "segments": count, "offset_s": i * step}
+                self._add_clip(job, lms, f"{job.key}_s{i:05d}", seg_samples, extra)
+        finally:
+            spool.remove()
         self.chunk["segmented"].append(
-            {
-                "path": job.path,
-                "segments": len(result.segments),
-                "seconds": result.samples / SAMPLE_RATE,
-            }
+            {"path": job.path, "segments": count, "seconds": samples / SAMPLE_RATE}
         )
 
     def _add_clip(
@@ -568,6 +614,7 @@ class _Writer:
             return
         if self.shard is not None:
             c["bytes"] = self.shard.commit()
+            c["index"] = self.shard.index
             self.shards += 1
         self.log.append(c)
         self.chunks.append(c)
@@ -591,7 +638,8 @@ def _process_all(jobs: list[_Job], writer: _Writer, cfg: PrepareConfig, progress
     )
     done = 0
     try:
-        for index, result in zip(range(start, len(jobs)), _results(jobs[start:], cfg), strict=True):
+        results = _results(jobs[start:], cfg, _spool_dir(writer.out, cfg))
+        for index, result in zip(range(start, len(jobs)), results, strict=True):
             writer.add(index, jobs[index], result)
             done += 1
             bar.update(1)
@@ -614,6 +662,7 @@ def _manifest(
             "frames": c["frames"],
             "bytes": c["bytes"],
             "hours": c["seconds"] / 3600,
+            "index": c["index"],
         }
         for c in chunks
         if c["shard"]
@@ -633,6 +682,11 @@ def _manifest(
         # long files stored as several segments: path, segment count, duration
         "segmented": [s for c in chunks for s in c.get("segmented", [])],
     }
+
+
+def _spool_dir(out: Path, cfg: PrepareConfig) -> Path:
+    """Where this node's workers put long files' segments until the parent has written them."""
+    return out / f".spool{rank_tag(cfg.node_rank, cfg.num_nodes)}"
 
 
 def _remove_node_outputs(out: Path, cfg: PrepareConfig) -> None:
@@ -687,7 +741,11 @@ def prepare_shards(
     chunks = log.resume(out, overwrite)
     _clean_stale(out, cfg, keep={c["shard"] for c in chunks if c["shard"]})
     reused = sum(1 for c in chunks if c["shard"])
-    done = _process_all(jobs, _Writer(out, cfg, log, chunks), cfg, progress)
+    _spool_dir(out, cfg).mkdir()
+    try:
+        done = _process_all(jobs, _Writer(out, cfg, log, chunks), cfg, progress)
+    finally:
+        shutil.rmtree(_spool_dir(out, cfg), ignore_errors=True)
     manifest = _manifest(inputs, cfg, jobs, chunks)
     path = out / manifest_name(cfg.node_rank, cfg.num_nodes)
     write_json_atomic(path, manifest)

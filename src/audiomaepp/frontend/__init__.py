@@ -9,7 +9,16 @@ from .logmel import (
     mel_filterbank,
     num_frames,
 )
-from .transforms import INPUT_FRAMES, STD_EPS, crop_or_tile, random_crop, standardize, tile_to
+from .transforms import (
+    INPUT_FRAMES,
+    STD_EPS,
+    clip_stats,
+    crop_or_tile,
+    crop_start,
+    random_crop,
+    standardize,
+    tile_to,
+)
 
 __all__ = [
     "SAMPLE_RATE",
@@ -22,7 +31,9 @@ __all__ = [
     "mel_filterbank",
     "num_frames",
     "standardize",
+    "clip_stats",
     "tile_to",
     "random_crop",
+    "crop_start",
     "crop_or_tile",
 ]
