@@ -7,6 +7,7 @@ field, raised before anything large is allocated or anything outside the input i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,42 @@ def test_task_with_plain_and_nested_names_is_accepted(tmp_path: Path) -> None:
     """Control for the test above: ordinary names (also in sub-folders) still load."""
     task = read_task(_task(tmp_path / "task", ["a.wav", "sub/b.wav"]), check_audio=False)
     assert task.files("train") == ["a.wav", "sub/b.wav"]
+
+
+@pytest.mark.parametrize("link", ["audio", "split", "audio_dir"])
+def test_symlink_leading_out_of_the_task_folder_is_refused(tmp_path: Path, link: str) -> None:
+    """Fault: a task folder whose audio file, split JSON or ``16000/<split>`` folder is a symlink
+    to a file elsewhere; kept: refused with the file named, before anything is read from it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.wav").write_bytes(b"RIFF")
+    (outside / "train.json").write_text(json.dumps({"a.wav": ["a"]}))
+    root = _task(tmp_path / "task", ["a.wav"])
+    for split in ("train", "valid", "test"):
+        (root / "16000" / split / "a.wav").write_bytes(b"RIFF")
+    if link == "audio":
+        victim = root / "16000" / "valid" / "a.wav"
+        victim.unlink()
+        victim.symlink_to(outside / "secret.wav")
+    elif link == "split":
+        victim = root / "train.json"
+        victim.unlink()
+        victim.symlink_to(outside / "train.json")
+    else:
+        victim = root / "16000" / "test"
+        shutil.rmtree(victim)
+        victim.symlink_to(outside)
+        (outside / "a.wav").write_bytes(b"RIFF")
+    with pytest.raises(TaskFormatError, match="outside the task folder") as err:
+        read_task(root)
+    assert str(victim) in str(err.value)
+
+
+def test_symlink_that_stays_inside_the_task_folder_is_accepted(tmp_path: Path) -> None:
+    """Control for the test above: a link to another file of the same task still loads."""
+    root = _task(tmp_path / "task", ["a.wav", "b.wav"])
+    for split in ("train", "valid", "test"):
+        (root / "16000" / split / "a.wav").write_bytes(b"RIFF")
+        (root / "16000" / split / "b.wav").symlink_to(root / "16000" / split / "a.wav")
+    task = read_task(root)
+    assert task.audio_path("test", "b.wav").resolve() == (root / "16000/test/a.wav").resolve()

@@ -11,7 +11,9 @@ A task folder holds::
 Splits are ``train/valid/test`` for ``split_mode == "trainvaltest"`` and ``fold00..foldNN`` for the
 two k-fold modes. For k-fold tasks, test fold ``i`` is validated on fold ``(i + 1) mod n`` and
 trained on the others (hear-eval-kit's scheme); the task score is the average over test folds.
-Every problem is a :class:`TaskFormatError` naming the file at fault.
+Every problem is a :class:`TaskFormatError` naming the file at fault. A task folder is untrusted
+input: every file read from it (metadata, labels, splits, audio) must resolve inside it, so a
+symlink pointing elsewhere is refused like a ``..`` name.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ class Task:
         return list(self.splits[split])
 
     def audio_path(self, split: str, file: str) -> Path:
-        return self.path / AUDIO_SUBDIR / split / file
+        """``16000/<split>/<file>`` of the task; refused if it resolves outside the task folder."""
+        return _confined(self.path / AUDIO_SUBDIR / split / file, self.path)
 
     def targets(self, split: str) -> np.ndarray:
         """Multi-hot targets ``(n, C)`` float32 (one-hot for multiclass) in :meth:`files` order."""
@@ -116,6 +119,21 @@ class Task:
         for r, labels in enumerate(rows.values()):
             y[r, [index[label] for label in labels]] = 1.0
         return y
+
+
+def _confined(path: Path, root: Path) -> Path:
+    """``path``, after checking that it resolves (symlinks and ``..`` followed) inside ``root``.
+
+    Raises :class:`TaskFormatError` naming the file and where it leads otherwise: a task folder's
+    files must not make the evaluation read (and embed or report on) files elsewhere.
+    """
+    real, base = path.resolve(), root.resolve()
+    if not real.is_relative_to(base):
+        raise TaskFormatError(
+            f"{path}: resolves to {real}, outside the task folder {base} (a symlink or '..' "
+            "leading out of the task is refused)"
+        )
+    return path
 
 
 def _read_json(path: Path) -> Any:
@@ -253,13 +271,13 @@ def read_task(task_dir: str | Path, check_audio: bool = True) -> Task:
     root = Path(task_dir)
     if not root.is_dir():
         raise TaskFormatError(f"{root}: not a task folder")
-    meta_path = root / METADATA_FILE
+    meta_path = _confined(root / METADATA_FILE, root)
     meta = _read_json(meta_path)
     _check_metadata(meta, meta_path)
-    labels = _read_vocabulary(root / VOCAB_FILE)
+    labels = _read_vocabulary(_confined(root / VOCAB_FILE, root))
     vocab = set(labels)
     splits = {
-        s: _read_split(root / f"{s}.json", vocab, meta["prediction_type"])
+        s: _read_split(_confined(root / f"{s}.json", root), vocab, meta["prediction_type"])
         for s in _split_names(meta, meta_path)
     }
     task = Task(
