@@ -28,7 +28,7 @@ from audiomaepp.data import (
     prepare_shards,
     worker_plan,
 )
-from audiomaepp.data.shards import ClipRef, ShardWriter, decode_npy, iter_clip_members
+from audiomaepp.data.shards import ShardWriter, decode_npy, iter_clip_members
 from audiomaepp.frontend import crop_or_tile, log_mel, standardize, tile_to
 
 SR = 16_000
@@ -39,6 +39,14 @@ GOOD = {
     "c.ogg": (1.2, SR, 1),
     "sub/d_stereo.wav": (1.5, 44_100, 2),
     "e_short.wav": (0.5, SR, 1),
+}
+# their log-mel frames, worked out by hand: seconds * 16 000 samples, 1 + samples // 160 (spec §1)
+GOOD_FRAMES = {
+    "a.wav": 251,
+    "b.flac": 101,
+    "c.ogg": 121,
+    "sub/d_stereo.wav": 151,
+    "e_short.wav": 51,
 }
 # name -> the reason prepare must record
 BAD = {
@@ -119,7 +127,7 @@ def test_prepare_stores_every_good_clip_with_its_frames(prepared: Path, audio_di
         n16 = load_audio(audio_dir / rel).shape[0]
         seconds, _, _ = GOOD[rel]
         assert abs(n16 - seconds * SR) <= 1  # resampled to 16 kHz
-        assert lms.shape == (1 + n16 // 160, 80) and lms.dtype == np.float16
+        assert lms.shape == (GOOD_FRAMES[rel], 80) and lms.dtype == np.float16
         assert meta["frames"] == lms.shape[0]
         assert meta["duration"] == pytest.approx(n16 / SR)
         assert Path(meta["source"]) == (audio_dir / rel).absolute()
@@ -380,16 +388,18 @@ def test_same_seed_rank_epoch_same_sequence_otherwise_different(synth: Path) -> 
         assert k != keys[: len(k)] or not torch.equal(c, crops[: len(c)]), other
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_an_epoch_yields_exactly_the_requested_count(synth: Path, world_size: int) -> None:
+@pytest.mark.parametrize("world_size, per_rank", [(1, 37), (2, 18), (3, 12)])
+def test_an_epoch_yields_exactly_the_requested_count(
+    synth: Path, world_size: int, per_rank: int
+) -> None:
     for rank in range(world_size):
         ds = _ds(synth, samples_per_epoch=37, rank=rank, world_size=world_size, crops_per_clip=2)
-        assert len(ds) == 37 // world_size == len(list(ds))
+        assert len(ds) == per_rank == len(list(ds))
     ds = _ds(synth, samples_per_epoch=37, world_size=world_size)
     loader = make_loader(
         ds, batch_size=4, num_workers=2, prefetch_factor=2, persistent_workers=False
     )
-    assert sum(len(b[0]) for b in loader) == 37 // world_size
+    assert sum(len(b[0]) for b in loader) == per_rank
 
 
 def test_ranks_and_workers_read_disjoint_shards(synth: Path) -> None:
@@ -477,7 +487,7 @@ def test_slot_with_unloadable_clips_gives_up_after_its_own_clip_count(
     loads: list[str] = []
     real = ShardDataset._load
 
-    def failing(self: ShardDataset, key: str, payload: ClipRef, gen: object) -> object:
+    def failing(self: ShardDataset, key: str, payload: object, gen: object) -> object:
         if payload.shard.endswith("shard-000003.tar"):
             loads.append(key)
             return None
@@ -496,20 +506,21 @@ def test_slot_with_unloadable_clips_gives_up_after_its_own_clip_count(
 
 
 def test_dataloader_order_is_the_round_robin_of_worker_streams(synth: Path) -> None:
+    """The batches built in the workers hold exactly the crops ``iter_worker`` yields one by one,
+    dealt round robin: batch ``j`` is worker ``j % 2``'s ``j // 2``-th group of 3."""
     ds = _ds(synth, samples_per_epoch=23)
     loader = make_loader(
         ds, batch_size=3, num_workers=2, prefetch_factor=2, persistent_workers=False
     )
-    got = [k for _, keys in loader for k in keys]
-    streams = [[k for _, k in ds.iter_worker(w, 2)] for w in range(2)]
-    batches = [[s[i : i + 3] for i in range(0, len(s), 3)] for s in streams]
-    want = [
-        k
-        for j in range(8)
-        for k in (batches[j % 2][j // 2] if j // 2 < len(batches[j % 2]) else [])
-    ]
-    assert got == want and len(got) == 23
-    assert got == [k for _, keys in loader for k in keys]  # and again: no timing dependence
+    got = list(loader)
+    streams = [list(ds.iter_worker(w, 2)) for w in range(2)]
+    groups = [[s[i : i + 3] for i in range(0, len(s), 3)] for s in streams]
+    want = [g for j in range(8) for g in groups[j % 2][j // 2 : j // 2 + 1]]
+    assert [list(keys) for _, keys in got] == [[k for _, k in g] for g in want]
+    for (batch, _), group in zip(got, want, strict=True):
+        assert torch.equal(batch, torch.stack([crop for crop, _ in group]))
+    assert sum(len(keys) for _, keys in got) == 23
+    assert [k for _, keys in loader for k in keys] == [k for _, ks in got for k in ks]  # no timing
 
 
 def test_worker_plan_partitions_the_rank_stream() -> None:
@@ -523,9 +534,11 @@ def test_worker_plan_partitions_the_rank_stream() -> None:
     assert worker_plan(23, 4, 1, 0, 5) == (0, 5, 18)
 
 
-@pytest.mark.parametrize("crops_per_clip", [1, 3])
+# the 9 crops left after 31 come from 9 clips (one crop each), or from 4 clips with 3 crops each:
+# clip 10 gives crops 30-32 (31 and 32 are kept), clips 11 and 12 give 33-38, clip 13 gives 39
+@pytest.mark.parametrize("crops_per_clip, clips_read", [(1, 9), (3, 4)])
 def test_resume_continues_the_same_sequence_without_loading_skipped_clips(
-    synth: Path, crops_per_clip: int, monkeypatch: pytest.MonkeyPatch
+    synth: Path, crops_per_clip: int, clips_read: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     full = list(_ds(synth, crops_per_clip=crops_per_clip))
     loads: list[str] = []
@@ -542,7 +555,7 @@ def test_resume_continues_the_same_sequence_without_loading_skipped_clips(
     keys, crops = _keys_and_crops(rest)
     full_keys, full_crops = _keys_and_crops(full[31:])
     assert keys == full_keys and torch.equal(crops, full_crops)
-    assert len(loads) <= -(-9 // crops_per_clip) + 1  # only the clips that are yielded
+    assert len(loads) == clips_read  # only the clips that are yielded, none read ahead
 
 
 def test_resume_with_dataloader_workers(synth: Path) -> None:
@@ -610,11 +623,12 @@ def test_folder_dataset_decodes_on_the_fly_and_skips_bad_files(
 
 
 def test_standardize_population_vs_unbiased() -> None:
-    x = torch.randn(50, 80) * 4 + 2
-    pop = standardize(x, unbiased=False)
-    torch.testing.assert_close(pop, (x - x.mean()) / (x.std(unbiased=False) + 1e-8))
-    assert abs(float(pop.std(unbiased=False)) - 1) < 1e-5
-    assert float(standardize(x, unbiased=True).std(unbiased=False)) < float(pop.std(unbiased=False))
+    # worked by hand: mean 2, deviations +-1; population std 1, unbiased std sqrt(4 / 3)
+    x = torch.tensor([[1.0, 3.0], [1.0, 3.0]])
+    torch.testing.assert_close(standardize(x, unbiased=False), torch.tensor([[-1.0, 1], [-1, 1]]))
+    half_root3 = 3**0.5 / 2  # 1 / sqrt(4 / 3)
+    want = torch.tensor([[-half_root3, half_root3], [-half_root3, half_root3]])
+    torch.testing.assert_close(standardize(x, unbiased=True), want)
 
 
 def test_tile_and_crop_semantics() -> None:
@@ -712,33 +726,77 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _v1_shard(path: Path, members: list[tuple[str, bytes]]) -> int:
+    """A shard in format version 1, made by hand as that version's writer made it: a plain tar of
+    ``KEY.npy`` / ``KEY.json`` members, no index, no statistics. Returns its size."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+    return path.stat().st_size
+
+
+def _v1_clip(key: str, lms: np.ndarray) -> list[tuple[str, bytes]]:
+    meta = {"key": key, "frames": len(lms)}
+    return [
+        (f"{key}.npy", _npy(lms.astype(np.float16))),
+        (f"{key}.json", json.dumps(meta).encode()),
+    ]
+
+
 def _bad_member_shard(path: Path) -> list[str]:
-    """One shard with a good clip between bad ones; returns the good keys."""
+    """One version-1 shard with good clips among bad ones; returns the good keys.
+
+    Version 2 shards cannot hold such members (the writer refuses them and the loader reads frames
+    by offset), but shards written before the index can: they are still checked member by member.
+    """
     gen = torch.Generator().manual_seed(0)
     good = lambda t: (torch.randn(t, 80, generator=gen) - 4).numpy()  # noqa: E731
-    w = ShardWriter(path)
-    w.add("good0", good(120), {})
-    w.add("wrongshape", np.zeros((120, 40), np.float16), {})
-    w.add("zeroframes", np.zeros((0, 80), np.float16), {})
     nan = good(120)
     nan[5, 7] = np.nan
-    w.add("nonfinite", nan, {})
-    w.add("inf", np.full((50, 80), np.inf, np.float16), {})
-    w._add("garbage.npy", b"\x93NUMPY garbage that is no array")
-    w._add("garbage.json", b"{}")
-    w._add("truncated.npy", _npy(np.zeros((300, 80), np.float16))[:2000])  # data cut short
-    w._add("truncated.json", b"{}")
-    w._add("int.npy", _npy(np.ones((120, 80), np.int16)))  # ShardWriter.add would cast it
-    w._add("int.json", b"{}")
-    w.add("good1", good(230), {})
-    w.commit()
+    _v1_shard(
+        path,
+        [
+            *_v1_clip("good0", good(120)),
+            *_v1_clip("wrongshape", np.zeros((120, 40))),
+            *_v1_clip("zeroframes", np.zeros((0, 80))),
+            *_v1_clip("nonfinite", nan),
+            *_v1_clip("inf", np.full((50, 80), np.inf)),
+            ("garbage.npy", b"\x93NUMPY garbage that is no array"),
+            ("garbage.json", b"{}"),
+            ("truncated.npy", _npy(np.zeros((300, 80), np.float16))[:2000]),  # data cut short
+            ("truncated.json", b"{}"),
+            ("int.npy", _npy(np.ones((120, 80), np.int16))),
+            ("int.json", b"{}"),
+            *_v1_clip("good1", good(230)),
+        ],
+    )
     return ["good0", "good1"]
+
+
+def test_shard_writer_refuses_clips_the_loader_could_not_use(tmp_path: Path) -> None:
+    """The version-2 loader trusts the index, so the writer checks what version 1 checked on
+    every read: shape, at least one frame, finite values (in float16), and the key."""
+    w = ShardWriter(tmp_path / "shard-000000.tar")
+    for key, lms, message in [
+        ("wrongshape", np.zeros((120, 40)), "shape"),
+        ("zeroframes", np.zeros((0, 80)), "shape"),
+        ("nan", np.full((5, 80), np.nan), "NaN"),
+        ("overflow", np.full((5, 80), 1e5), "NaN or infinite"),  # finite in float32 only
+        ("a.b", np.zeros((5, 80)), "must not contain"),
+        ("__index__", np.zeros((5, 80)), "must not contain"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            w.add(key, lms, {})
+    w.abort()
 
 
 def test_bad_shard_members_are_skipped_and_never_reach_a_batch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Fault: members of the wrong shape or dtype, with zero frames, NaN/inf, garbage or truncated.
+    """Fault: version-1 members of the wrong shape or dtype, with zero frames, NaN/inf, garbage
+    or truncated.
 
     Kept: the worker lives on, every crop is a finite ``(1, 200, 80)``, only the good clips are
     used, and each bad member is named in a warning.
@@ -841,3 +899,220 @@ def test_file_that_kills_its_worker_every_time_is_listed_as_failed(
     assert [Path(s["path"]).name for s in failed] == ["b.flac"]
     assert "SIGKILL" in failed[0]["detail"] and "2 runs" in failed[0]["detail"]
     assert sorted(m["relpath"] for _, m in _clips(out).values()) == sorted(set(GOOD) - {"b.flac"})
+
+
+# -------------------------------------------------------------------------------------------------
+# shard format: version 2 (index + statistics), old shards, newer shards
+# -------------------------------------------------------------------------------------------------
+
+
+def _synthetic_clips(shards: int, clips: int) -> list[dict[str, np.ndarray]]:
+    """The clips of ``_write_synthetic`` (same seed and shapes), as float16 arrays per shard."""
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for s in range(shards):
+        shard = {}
+        for c in range(clips):
+            t = _frames(s, c)
+            lms = 3.0 * torch.randn(t, 80, generator=gen) + torch.linspace(-8, 4, 80)
+            lms[:20] += 6.0
+            shard[f"s{s}c{c}"] = lms.numpy().astype(np.float16)
+        out.append(shard)
+    return out
+
+
+def _write_v1_dir(root: Path, shards: list[dict[str, np.ndarray]]) -> Path:
+    """A shard folder as format version 1 wrote it: tars without index, manifest ``version: 1``."""
+    root.mkdir(parents=True)
+    entries = []
+    for i, clips in enumerate(shards):
+        name = f"shard-{i:06d}.tar"
+        members = [m for key, lms in clips.items() for m in _v1_clip(key, lms)]
+        size = _v1_shard(root / name, members)
+        frames = sum(len(x) for x in clips.values())
+        entries.append({"name": name, "clips": len(clips), "frames": frames, "bytes": size})
+    manifest = {
+        "format": "audiomaepp-logmel-shards",
+        "version": 1,
+        "num_nodes": 1,
+        "node_rank": 0,
+        "config": {"shard_size_mb": 1000.0},
+        "files": sum(e["clips"] for e in entries),
+        "clips": sum(e["clips"] for e in entries),
+        "frames": sum(e["frames"] for e in entries),
+        "hours": 0.0,
+        "shards": entries,
+        "skipped": [],
+        "segmented": [],
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_old_format_shards_still_load_and_give_the_same_crops(synth: Path, tmp_path: Path) -> None:
+    """Shards of format version 1 (hand-made here, no index) load through their manifest and as a
+    folder of tars, and give the very crops version 2 gives for the same clips and seed: the same
+    clips in the same order, each a window of its whole clip standardised (the spec's oracle)."""
+    clips = _synthetic_clips(shards=8, clips=6)
+    old = _write_v1_dir(tmp_path / "v1", clips)
+    whole = {k: torch.from_numpy(v).float() for shard in clips for k, v in shard.items()}
+    new_keys, new_crops = _keys_and_crops(list(_ds(synth, crops_per_clip=2)))
+    for source in (old, old / "shard-00000*.tar"):
+        keys, crops = _keys_and_crops(list(_ds(str(source), crops_per_clip=2)))
+        assert keys == new_keys
+        torch.testing.assert_close(crops, new_crops, rtol=1e-6, atol=1e-6)
+    for key, crop in zip(keys, crops, strict=True):
+        full = tile_to(standardize(whole[key], unbiased=False), 200)
+        assert any(
+            torch.allclose(full[s : s + 200], crop[0], atol=1e-5)
+            for s in range(full.shape[0] - 199)
+        ), key
+
+
+def test_newer_format_is_refused_with_a_clear_error(synth: Path, tmp_path: Path) -> None:
+    from audiomaepp.errors import ShardFormatError
+
+    newer = tmp_path / "manifest_v3"
+    shutil.copytree(synth, newer)
+    manifest = _write_v1_dir(tmp_path / "v1", _synthetic_clips(1, 2)) / "manifest.json"
+    (newer / "manifest.json").write_text(
+        manifest.read_text().replace('"version": 1', '"version": 3')
+    )
+    with pytest.raises(ShardFormatError, match="version 3 is newer than this audiomaepp reads"):
+        make_pretraining_dataset(newer)
+    lone = tmp_path / "tar_v3" / "shard-000000.tar"  # no manifest: the index member says it
+    lone.parent.mkdir()
+    _v1_shard(lone, [*_v1_clip("a", np.zeros((5, 80))), ("__audiomaepp_index_v3__", b"?")])
+    with pytest.raises(ShardFormatError, match=f"{lone}: shard format version 3"):
+        make_pretraining_dataset(lone.parent)
+
+
+def test_index_holds_each_clips_frames_offset_and_whole_clip_statistics(prepared: Path) -> None:
+    """Checked against numpy in float64 on the stored float16 clip (not the writer's code), and
+    the index's offset is where the member's float16 frames are in the tar."""
+    from audiomaepp.data.shards import OpenShards, read_index, scan_shard
+
+    files, seen = OpenShards(), 0
+    for entry in load_manifest(prepared)["shards"]:
+        path = str(prepared / entry["name"])
+        layout = scan_shard(path)
+        assert layout.version == 2 and list(layout.index) == entry["index"]
+        with tarfile.open(path) as tar:
+            stored = {
+                m.name[:-4]: decode_npy(tar.extractfile(m).read())
+                for m in tar
+                if m.name.endswith(".npy")
+            }
+            metas = {
+                m.name[:-5]: json.load(tar.extractfile(m)) for m in tar if m.name.endswith(".json")
+            }
+        for key, ref in read_index(path, layout.index, files):
+            lms = stored[key].astype(np.float64)
+            assert ref.frames == len(lms)
+            assert ref.mean == pytest.approx(lms.mean(), rel=1e-5, abs=1e-5)
+            assert ref.std == pytest.approx(lms.std(), rel=1e-5)  # population std (ddof 0)
+            assert (metas[key]["mean"], metas[key]["std"]) == (ref.mean, ref.std)
+            raw = files.read(path, ref.offset, ref.frames * 160)
+            assert np.array_equal(np.frombuffer(raw, np.float16).reshape(-1, 80), stored[key])
+            seen += 1
+    files.close()
+    assert seen == len(GOOD)
+
+
+def test_loader_reads_only_each_crops_frames(synth: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No per-member parse: besides one index read per shard and pass, every read is one crop's
+    200 frames (32 000 bytes), or the whole of a clip shorter than that (70 frames here)."""
+    from audiomaepp.data.shards import OpenShards
+
+    sizes: list[int] = []
+    real = OpenShards.read
+
+    def read(self: OpenShards, path: str, offset: int, size: int) -> bytearray:
+        sizes.append(size)
+        return real(self, path, offset, size)
+
+    monkeypatch.setattr(OpenShards, "read", read)
+    items = list(_ds(synth, samples_per_epoch=48))
+    crop_reads = [n for n in sizes if n in (200 * 160, 70 * 160)]
+    assert len(crop_reads) == len(items) == 48
+    assert len(sizes) - len(crop_reads) == 8  # one index read per shard (8 shards, one pass)
+
+
+def test_skip_reason_comes_from_the_error_type_not_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault: file names that contain the words the old classifier searched for. A NaN file and a
+    bad sample rate under ``empty_rooms/`` were both recorded as ``empty`` (the message starts
+    with the path); the audio error's typed reason decides now."""
+    import pickle
+
+    from audiomaepp.errors import InvalidAudioError
+
+    rng = np.random.default_rng(7)
+    rooms = tmp_path / "empty_rooms"
+    rooms.mkdir()
+    x = _noise(rng, 1.0, SR)
+    x[10] = np.nan
+    sf.write(rooms / "nan.wav", x, SR, subtype="FLOAT")
+    sf.write(rooms / "rate.wav", _noise(rng, 1.0, SR), SR)
+    sf.write(rooms / "NaN_ok.wav", _noise(rng, 1.0, SR), SR)
+    real_read = sf.read
+
+    def read(path: str, *args: object, **kw: object) -> tuple[np.ndarray, int]:
+        audio, rate = real_read(path, *args, **kw)
+        return audio, (0 if path.endswith("rate.wav") else rate)  # a header with rate 0
+
+    monkeypatch.setattr(sf, "read", read)
+    report = prepare_shards([rooms], tmp_path / "out", _cfg(), progress=False)
+    reasons = {Path(s["path"]).name: s["reason"] for s in report.manifest["skipped"]}
+    assert reasons == {"nan.wav": "non_finite", "rate.wav": "error"}
+    assert report.manifest["clips"] == 1
+    err = pickle.loads(
+        pickle.dumps(InvalidAudioError("/data/empty_rooms/x.wav: NaN", "non_finite"))
+    )
+    assert err.reason == "non_finite"  # the type survives a trip through a worker process
+
+
+def test_folder_dataset_reads_a_long_file_segment_by_segment_like_prepare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 75-s file (stands in for hours) in a folder dataset: no read larger than one 30-s segment,
+    one clip per segment, and each crop a window of the segment ``prepare`` stores, standardised
+    with that segment's statistics."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "long.wav", _noise(np.random.default_rng(8), 75.0, SR), SR, subtype="FLOAT")
+    prepare_shards([audio], tmp_path / "shards", _cfg(shard_size_mb=50), progress=False)
+    stored = {k[-6:]: v for k, v in _stored(tmp_path / "shards").items()}  # "s0000i" -> (T, 80)
+    reads: list[int] = []
+    real_read = sf.SoundFile.read
+
+    def read(self: sf.SoundFile, frames: int = -1, *args: object, **kw: object) -> np.ndarray:
+        reads.append(frames if frames >= 0 else self.frames)
+        return real_read(self, frames, *args, **kw)
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    ds = make_pretraining_dataset(audio, shuffle_buffer=0, with_keys=True, crops_per_clip=2)
+    items = list(ds)
+    assert ds.samples_per_epoch == 6 and max(reads) <= 30 * SR
+    assert sorted({k[-6:] for _, k in items}) == ["s00000", "s00001", "s00002"]
+    for crop, key in items:
+        full = standardize(stored[key[-6:]], unbiased=False)  # float16-stored: 1e-2 apart
+        assert any(
+            torch.allclose(full[s : s + 200], crop[0], atol=2e-2)
+            for s in range(full.shape[0] - 199)
+        ), key
+
+
+def test_prepare_leaves_no_spool_behind(tmp_path: Path) -> None:
+    """Long files' segments pass through ``.spool/``; it is emptied when a run ends, and a stale one
+    (a killed run) is removed by the next."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "long.wav", _noise(np.random.default_rng(9), 65.0, SR), SR)
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / ".spool").mkdir()
+    (out / ".spool" / "stale.f16").write_bytes(b"\0" * 100)
+    report = prepare_shards([audio], out, _cfg(shard_size_mb=50), progress=False)
+    assert report.manifest["clips"] == 3 and not (out / ".spool").exists()

@@ -178,7 +178,8 @@ class ShardWriter:
                 f"shard key {key!r} must not contain '.' or '/' (webdataset splits on them) "
                 "nor start with '__' (webdataset's metadata)"
             )
-        lms16 = np.ascontiguousarray(lms, dtype=np.float16)
+        with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+            lms16 = np.ascontiguousarray(lms, dtype=np.float16)
         if lms16.ndim != 2 or lms16.shape[1] != N_MELS or lms16.shape[0] < 1:
             raise ValueError(f"clip {key}: shape {lms16.shape}, expected (frames >= 1, {N_MELS})")
         if not np.isfinite(lms16).all():
