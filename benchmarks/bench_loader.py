@@ -65,16 +65,24 @@ def _v1_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build_synthetic(root: Path, clips: int, clip_s: float, shard_mb: float, formats: list[int]):
+def build_synthetic(
+    root: Path,
+    clips: int,
+    clip_s: float,
+    shard_mb: float,
+    formats: list[int],
+    per_shard: int | None = None,
+) -> tuple[dict[int, Path], dict]:
     """The same clips as version-2 shards (``root/v2``) and, if asked, version-1 (``root/v1``).
 
+    Shards hold ``per_shard`` clips, or as many as fit in ``shard_mb``.
     Version 1 is written here the way the writer of that version did (``KEY.npy`` + ``KEY.json``
     per clip, no index, no statistics) with a manifest saying ``version: 1``.
     """
     rng = np.random.default_rng(0)
     frames = num_frames(round(clip_s * SAMPLE_RATE))
     pool = [_clip(rng, frames) for _ in range(64)]  # distinct data per clip changes nothing here
-    per_shard = max(1, int(shard_mb * 1e6 // (frames * N_MELS * 2 + 1024)))
+    per_shard = per_shard or max(1, int(shard_mb * 1e6 // (frames * N_MELS * 2 + 1024)))
     dirs = {}
     for version in formats:
         out = root / f"v{version}"

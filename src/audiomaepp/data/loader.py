@@ -71,7 +71,7 @@ from ..audio import (
     num_segments,
 )
 from ..errors import InvalidAudioError, ShardFormatError
-from ..frontend import INPUT_FRAMES, STD_EPS, clip_stats, crop_start, log_mel, tile_to
+from ..frontend import INPUT_FRAMES, STD_EPS, crop_start, log_mel, tile_to
 from ..seeds import mix_seed
 from .shards import (
     DEFAULT_SEGMENT_S,
@@ -87,6 +87,7 @@ from .shards import (
     manifest_shards,
     read_index,
     scan_shard,
+    whole_clip_stats,
 )
 
 __all__ = [
@@ -497,10 +498,10 @@ class CropDataset(IterableDataset):
         ``lms`` is float16 (a version-1 member) or float32 (decoded audio); the statistics are
         those ``standardize`` computes on its float32 values.
         """
-        mean, std = clip_stats(lms.float(), unbiased=False)  # population std (spec §1)
+        mean, std = whole_clip_stats(lms)  # population std (spec §1), as the writer's
         tiled = tile_to(lms, self.frames)
         windows = [tiled[s : s + self.frames] for s in self._starts(lms.shape[0], gen)]
-        return _Clip(windows, float(mean), float(std))
+        return _Clip(windows, mean, std)
 
     def _stream(self, worker_id: int, num_workers: int, batch_size: int) -> Iterator[Any]:
         epoch, start = self.epoch, self.start_index
