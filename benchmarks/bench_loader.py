@@ -10,6 +10,10 @@ Without ``--clip-s`` it makes shards from the synthetic audio corpus with ``prep
 
     python -m benchmarks.bench_loader --clip-s 10 --workers 1 2 --formats 2 1 --seconds 15
 
+``--baseline-src DIR`` also streams the version-1 shards with another copy of the package (its
+``src`` folder, e.g. ``git archive 84f5fac src | tar -x -C /tmp/old`` for the loader before the
+index) in a subprocess, so the old code's rate is measured in the same run.
+
 The main process only counts the batches it receives (no training step), so the figure is what the
 workers deliver through the DataLoader: reading, standardising, batching and the hand-over.
 """
@@ -20,6 +24,8 @@ import argparse
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -139,20 +145,33 @@ def build_corpus_shards(root: Path, clips: int, workers: int) -> tuple[Path, dic
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stream_rate(
     shards: Path, workers: int, batch_size: int, seconds: float, crops_per_clip: int
 ) -> dict:
-    """Crops per second the main process receives from ``make_loader`` with ``workers``."""
+    """Crops per second the main process receives from ``make_loader`` with ``workers``.
+
+    Also the crops per CPU-second of the workers: what one worker gives with a core to itself, a
+    figure a busy host (other jobs on the same cores) lowers far less than the wall-clock rate.
+    """
     ds = ShardDataset.from_dir(shards, samples_per_epoch=10**9, crops_per_clip=crops_per_clip)
     loader = make_loader(ds, batch_size, num_workers=workers, pin_memory=False)
     it = iter(loader)
     for _ in range(2 * max(1, workers)):
         next(it)  # workers started, shards opened, first batches through
+    pids = [w.pid for w in getattr(it, "_workers", [])]  # the DataLoader's worker processes
+    worker_cpu0 = sum(_cpu_seconds(pid) for pid in pids)
     n, start, cpu0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         n += next(it).shape[0]
     wall = time.perf_counter() - start
     main_cpu = time.process_time() - cpu0
+    worker_cpu = sum(_cpu_seconds(pid) for pid in pids) - worker_cpu0
     del it, loader
     rate = n / wall
     return {
@@ -162,8 +181,29 @@ def stream_rate(
         "seconds": wall,
         "crops_per_s": rate,
         "crops_per_s_per_worker": rate / max(1, workers),
+        "worker_cpu_s": worker_cpu,
+        "crops_per_worker_cpu_s": n / worker_cpu if worker_cpu > 0 else None,
         "main_process_cpu_s": main_cpu,
     }
+
+
+def _describe(row: dict) -> str:
+    return (
+        f"{row['crops_per_s']:.0f} crops/s, {row['crops_per_s_per_worker']:.0f} per worker, "
+        f"{row['crops_per_worker_cpu_s'] or 0:.0f} per worker CPU-second"
+    )
+
+
+def _baseline(args: argparse.Namespace, shards: Path, workers: int, tmp: str) -> dict:
+    """This benchmark on ``shards`` with the package at ``args.baseline_src``, in a subprocess."""
+    out = Path(tmp, f"baseline-{workers}")
+    cmd = [sys.executable, "-m", "benchmarks.bench_loader", "--shards", str(shards)]
+    cmd += ["--workers", str(workers), "--seconds", str(args.seconds), "--out", str(out)]
+    cmd += ["--batch-size", str(args.batch_size)]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([args.baseline_src, str(root)]))
+    subprocess.run(cmd, check=True, env=env, cwd=root, stdout=subprocess.DEVNULL)
+    return json.loads(next(out.glob("*.json")).read_text())["results"][0]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -188,6 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--crops-per-clip", type=int, nargs="+", default=[1])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seconds", type=float, default=20.0, help="how long to stream each setting")
+    p.add_argument(
+        "--baseline-src",
+        default=None,
+        help="src folder of an older audiomaepp to measure on the version-1 shards too",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # the main process only receives; workers use one thread each
@@ -203,6 +248,11 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             shards, prep = build_corpus_shards(Path(tmp), args.clips, max(args.workers))
             dirs = {2: shards}
+        if args.baseline_src and 1 in dirs:
+            for workers in args.workers:
+                row = {"format": "1, baseline code", **_baseline(args, dirs[1], workers, tmp)}
+                rows.append(row)
+                print(f"baseline code, format 1, {workers} worker(s): {_describe(row)}", flush=True)
         for version, shards in dirs.items():
             for cpc in args.crops_per_clip:
                 for workers in args.workers:
@@ -213,8 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
                     rows.append(row)
                     print(
                         f"format {row['format']}, {workers} worker(s), crops_per_clip {cpc}: "
-                        f"{row['crops_per_s']:.0f} crops/s, "
-                        f"{row['crops_per_s_per_worker']:.0f} per worker",
+                        f"{_describe(row)}",
                         flush=True,
                     )
     env = {**device_info(torch.device("cpu")), "cpu_model": cpu_model()}

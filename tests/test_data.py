@@ -1116,3 +1116,23 @@ def test_prepare_leaves_no_spool_behind(tmp_path: Path) -> None:
     (out / ".spool" / "stale.f16").write_bytes(b"\0" * 100)
     report = prepare_shards([audio], out, _cfg(shard_size_mb=50), progress=False)
     assert report.manifest["clips"] == 3 and not (out / ".spool").exists()
+
+
+def test_broken_index_falls_back_to_reading_members(
+    prepared: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault: a format-2 shard whose index bytes are garbage, another cut short (the index, at the
+    end, is lost). Kept: one warning each, and the clips whose members are intact still load."""
+    out = _copy(prepared, tmp_path)
+    shards = load_manifest(out)["shards"]
+    garbled, cut = out / shards[0]["name"], out / shards[1]["name"]
+    offset, size = shards[0]["index"]
+    with open(garbled, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x93NUMPY" + b"\xff" * (size - 6))
+    cut.write_bytes(cut.read_bytes()[: shards[1]["index"][0] - 600])  # index and its header gone
+    with caplog.at_level(logging.WARNING):
+        keys = {Path(k).name.split("-")[0] for _, k in ShardDataset.from_dir(out, with_keys=True)}
+    for bad in (garbled, cut):
+        assert [r for r in caplog.records if f"{bad}: " in r.message and "one by one" in r.message]
+    assert len(keys) >= len(GOOD) - 1  # at most the cut shard's last clip is lost
