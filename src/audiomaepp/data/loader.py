@@ -30,8 +30,9 @@ How one epoch is laid out, so that it is exact, disjoint and reproducible:
   version-1 member that is not a finite ``(T >= 1, 80)`` float array (wrong shape, zero frames,
   NaN, garbage) is skipped with one warning naming it, as is a clip whose frames cannot be read.
 * A shuffle buffer mixes clips within a slot's pass and is emptied at the end of the pass, so a
-  pass yields each of the slot's clips exactly once. It holds ``(key, MemberRef)`` pairs (shard,
-  offset, ...), not the data, so a large buffer is cheap; a clip is read when it leaves the buffer.
+  pass yields each of the slot's clips exactly once. It holds ``(key, ClipRef)`` pairs (shard,
+  offset, frames, statistics), not the data, so a large buffer is cheap; a clip is read when it
+  leaves the buffer.
 * All random draws come from generators seeded by ``(seed, epoch, slot)``: the same
   ``(seed, rank, epoch)``, ``world_size``, ``num_workers`` and batch size give the same crops.
 
