@@ -44,14 +44,23 @@ N_MELS = FrontendConfig().n_mels
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), e.g. 'AMD EPYC 9B45'."""
+    """The CPU as ``/proc/cpuinfo`` names it, e.g. 'AMD EPYC (family 26, model 2, 2596 MHz)'.
+
+    Virtual machines often report only the brand, so family, model and clock come with it
+    (AMD family 26 is Zen 5).
+    """
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
-        pass
-    return "unknown"
+        return "unknown"
+    info = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines())
+    )
+    mhz = info.get("cpu MHz", "?").split(".")[0]
+    return (
+        f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, "
+        f"model {info.get('model', '?')}, {mhz} MHz)"
+    )
 
 
 def _clip(rng: np.random.Generator, frames: int) -> np.ndarray:
