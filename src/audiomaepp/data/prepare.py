@@ -741,7 +741,7 @@ def prepare_shards(
     chunks = log.resume(out, overwrite)
     _clean_stale(out, cfg, keep={c["shard"] for c in chunks if c["shard"]})
     reused = sum(1 for c in chunks if c["shard"])
-    _spool_dir(out, cfg).mkdir()
+    _spool_dir(out, cfg).mkdir(exist_ok=True)
     try:
         done = _process_all(jobs, _Writer(out, cfg, log, chunks), cfg, progress)
     finally:
