@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
             dirs = {2: shards}
         if args.baseline_src and 1 in dirs:
             for workers in args.workers:
-                row = {"format": "1, baseline code", **_baseline(args, dirs[1], workers, tmp)}
+                row = {**_baseline(args, dirs[1], workers, tmp), "format": "1, baseline code"}
                 rows.append(row)
                 print(f"baseline code, format 1, {workers} worker(s): {_describe(row)}", flush=True)
         for version, shards in dirs.items():
