@@ -1,12 +1,12 @@
 """Loader throughput: standardised 200x80 crops per second streamed from shards, per worker.
 
-With ``--clip-s 10`` it writes AudioSet-like shards (10-s clips: 1 001 x 80 float16 log-mels, ~160 KB
-each) in the current format (version 2: stored statistics, crop-only reads) and, with ``--formats 2
-1``, the same clips in the version-1 layout (every member parsed, checked and standardised whole,
-as before the index), then streams each through ``make_loader`` with every ``--workers`` count,
-one after the other in the same run, so the ratio between formats is measured under the same load.
-Without ``--clip-s`` it makes shards from the synthetic audio corpus with ``prepare`` (the demo's
-4-s clips), as the device script does.
+With ``--clip-s 10`` it writes AudioSet-like shards (10-s clips: 1 001 x 80 float16 log-mels,
+~160 KB each) in the current format (version 2: stored statistics, crop-only reads) and, with
+``--formats 2 1``, the same clips in the version-1 layout (every member parsed, checked and
+standardised whole, as before the index), then streams each through ``make_loader`` with every
+``--workers`` count, one after the other in the same run, so the ratio between formats is measured
+under the same load. Without ``--clip-s`` it makes shards from the synthetic audio corpus with
+``prepare`` (the demo's 4-s clips), as the device script does.
 
     python -m benchmarks.bench_loader --clip-s 10 --workers 1 2 --formats 2 1 --seconds 15
 

@@ -1,4 +1,4 @@
-"""The loader under ``torchrun``: ranks x DataLoader workers, per-rank streams disjoint and complete.
+"""The loader under ``torchrun``: ranks x DataLoader workers; rank streams disjoint and complete.
 
 Writes 10-s clips (1 001 x 80 float16) into ``--shards`` shards of ``--clips-per-shard`` each, then
 launches ``torch.distributed.run`` with ``--ranks`` processes (gloo). Every rank streams

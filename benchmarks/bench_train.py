@@ -24,7 +24,7 @@ from .common import device_info, sync, write_result
 
 
 class _Crops(torch.utils.data.IterableDataset):
-    """Stand-in dataset: the trainer needs one to build its loader; the timed steps never read it."""
+    """Stand-in dataset: the trainer needs one for its loader; the timed steps never read it."""
 
     rank, world_size = 0, 1
 

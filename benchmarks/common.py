@@ -53,7 +53,7 @@ def timed(fn: Callable[[], object], device: torch.device, warmup: int, iters: in
 
 
 def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
-    """Write ``payload`` (plus a UTC time stamp) as ``<out_dir>/<name>.json`` and return the path."""
+    """Write ``payload`` plus a UTC time stamp as ``<out_dir>/<name>.json``; return the path."""
     out_dir = Path(out_dir or RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {

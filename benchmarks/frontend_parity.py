@@ -3,7 +3,8 @@
 Also computes torchaudio's ``MelSpectrogram`` when torchaudio is importable (it is not a
 dependency), to tell apart our front end from the FFT backend that produced the reference.
 
-    python -m benchmarks.frontend_parity --reference ../shared/conformance/official_tiny64/reference.npz
+    python -m benchmarks.frontend_parity \\
+        --reference ../shared/conformance/official_tiny64/reference.npz
 """
 
 from __future__ import annotations

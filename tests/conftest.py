@@ -62,7 +62,7 @@ def micro_config(**overrides):
     return AudioMAEConfig.preset("tiny", **{**MICRO, **overrides})
 
 
-# ---- training data and runs ------------------------------------------------------------------------
+# ---- training data and runs ----------------------------------------------------------------------
 def write_clips(folder: Path, n: int = 24, seconds: float = 2.5, seed: int = 0) -> Path:
     """``n`` wav files of tones + noise with varied pitch and level (learnable structure)."""
     import soundfile as sf

@@ -1,4 +1,4 @@
-"""Tests of ``audiomaepp.data``: ``prepare`` (shards + manifest, resume, node split) and the loader."""
+"""Tests of ``audiomaepp.data``: ``prepare`` (shards + manifest, resume, node split), the loader."""
 
 from __future__ import annotations
 

@@ -118,7 +118,9 @@ from audiomaepp.data import make_loader, make_pretraining_dataset
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 shards, out, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ds = make_pretraining_dataset(shards, rank=rank, world_size=world, shuffle_buffer=16, with_keys=True)
+ds = make_pretraining_dataset(
+    shards, rank=rank, world_size=world, shuffle_buffer=16, with_keys=True
+)
 loader = make_loader(ds, batch_size=6, num_workers=2, prefetch_factor=2)
 keys = []
 for epoch in range(epochs):

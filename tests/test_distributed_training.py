@@ -48,8 +48,9 @@ def _check_matches(run_dir: Path, reference) -> None:
     a, b = AudioMAE.from_pretrained(run_dir / "model"), AudioMAE.from_pretrained(ref.model_dir)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         if name.endswith("attn.qkv.bias"):
-            # The key bias has an exactly zero gradient (softmax ignores a shift shared by all keys),
-            # so Adam turns rounding noise into lr-sized steps: bounded by lr * steps, not by 1e-5.
+            # The key bias has an exactly zero gradient (softmax ignores a shift common to all
+            # keys), so Adam turns rounding noise into lr-sized steps: bounded by lr * steps, not
+            # by 1e-5.
             d = x.numel() // 3
             assert torch.allclose(
                 x[d : 2 * d], y[d : 2 * d], atol=cfg.loop.peak_lr() * STEPS, rtol=0

@@ -1,4 +1,4 @@
-"""Front end: log-mel parity with the release's torchaudio features, standardisation, crops, errors."""
+"""Front end: parity with the release's torchaudio log-mel, standardisation, crops, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ground-level helpers each concept has one of: the seed mixer, strict JSON, the score format."""
+"""The ground-level helpers each concept has one of: seed mixer, strict JSON, score format."""
 
 from __future__ import annotations
 

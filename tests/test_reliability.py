@@ -24,7 +24,7 @@ MICRO = dict(
 )
 
 
-# ---- model config.json ------------------------------------------------------------------------------
+# ---- model config.json ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "field, value",
     [
@@ -169,7 +169,7 @@ def test_a_classifier_with_a_broken_label_list_names_the_file(tmp_path: Path) ->
             AudioClassifier.from_pretrained(tmp_path)
 
 
-# ---- HEAR task split files ----------------------------------------------------------------------------
+# ---- HEAR task split files -----------------------------------------------------------------------
 def _task(root: Path, names: list[str]) -> Path:
     root.mkdir(parents=True)
     meta = {

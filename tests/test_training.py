@@ -32,7 +32,7 @@ from audiomaepp.training import (
 from .conftest import MICRO, cli, config_flags, losses, start, tiny_config, wait
 
 
-# ---- schedule and optimizer recipe ----------------------------------------------------------------------
+# ---- schedule and optimizer recipe ---------------------------------------------------------------
 def test_lr_schedule_warmup_cosine_and_end():
     peak, warm, total = 6e-4, 10, 110
     assert lr_at(0, peak, warm, total) == 0.0
@@ -103,7 +103,7 @@ def test_weight_decay_groups(swiglu_norm):
     assert {"encoder.patch_embed.proj.bias", "encoder.norm.weight"} <= set(plain["names"])
 
 
-# ---- a full short run --------------------------------------------------------------------------------------
+# ---- a full short run ----------------------------------------------------------------------------
 def _assert_no_pickle(folder: Path) -> None:
     for f in folder.rglob("*"):
         if f.is_file():
@@ -166,7 +166,7 @@ def test_gradient_accumulation_matches_full_batch(shard_dir, tmp_path):
             assert runs[per_device][step] == pytest.approx(loss, abs=1e-5), (per_device, step)
 
 
-# ---- resume ---------------------------------------------------------------------------------------------
+# ---- resume --------------------------------------------------------------------------------------
 def test_stop_and_resume_is_bit_exact(shard_dir, tmp_path):
     # 12 steps over 1.5 epochs, so the resume point (7) sits mid-epoch.
     ref_cfg = tiny_config(shard_dir, tmp_path / "ref", max_steps=12)
@@ -193,7 +193,7 @@ def test_resume_refuses_other_global_batch(shard_dir, tmp_path):
 
 def test_sigterm_checkpoints_exits_0_and_resumes_exactly(shard_dir, tmp_path):
     """SIGTERM to a CLI run's whole process group (main + 2 loader workers), as a scheduler or
-    Ctrl-C would: checkpoint at the next step, exit 0; the resumed run matches an uninterrupted one."""
+    Ctrl-C would: checkpoint at the next step, exit 0; resume matches an uninterrupted run."""
     cfg = tiny_config(shard_dir, tmp_path / "run", max_steps=10_000, warmup_steps=2, num_workers=2)
     log = tmp_path / "log.txt"
     proc = start(cli(config_flags(cfg)), log)
@@ -218,9 +218,9 @@ def test_sigterm_checkpoints_exits_0_and_resumes_exactly(shard_dir, tmp_path):
     assert losses(read_metrics(cfg.out_dir)) == pytest.approx(losses(ref.history), abs=1e-6, rel=0)
 
 
-# ---- non-finite losses -----------------------------------------------------------------------------------
+# ---- non-finite losses ---------------------------------------------------------------------------
 class FlakyMAE(AudioMAE):
-    """Returns a NaN loss on the given forward calls (call i = optimizer step i with no accumulation)."""
+    """Returns a NaN loss on the given forward calls (call i = step i without accumulation)."""
 
     def __init__(self, config: AudioMAEConfig, bad_calls: set[int]) -> None:
         super().__init__(config)
@@ -274,7 +274,7 @@ def test_nonfinite_streak_stops_with_clear_error(shard_dir, tmp_path, fused):
         pretrain(cfg, model=model)
 
 
-# ---- command line --------------------------------------------------------------------------------------
+# ---- command line --------------------------------------------------------------------------------
 def test_cli_config_file_and_flag_overrides(tmp_path, capsys):
     from audiomaepp.cli.main import build_parser, main
     from audiomaepp.cli.pretrain import build_config
@@ -335,7 +335,7 @@ def test_cli_config_file_and_flag_overrides(tmp_path, capsys):
     assert main(["pretrain", "--preset", "nope", "--print-config"]) == 2
 
 
-# ---- pieces --------------------------------------------------------------------------------------------
+# ---- pieces --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("clip", [None, 1e-12])
 def test_clip_grad(shard_dir, tmp_path, clip):
     """Clipping to 1e-12 leaves AdamW's update ~lr * 1e-12 / eps: the weights barely move."""

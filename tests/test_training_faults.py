@@ -36,7 +36,7 @@ def reference(shard_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return pretrain(cfg)
 
 
-# ---- SIGKILL at a random step ------------------------------------------------------------------------
+# ---- SIGKILL at a random step --------------------------------------------------------------------
 def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_losses(
     shard_dir, tmp_path, reference
 ):
@@ -64,7 +64,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_losses(
     assert got == pytest.approx(losses(reference.history), abs=1e-6, rel=0), kill_at
 
 
-# ---- disk full on save -----------------------------------------------------------------------------------
+# ---- disk full on save ---------------------------------------------------------------------------
 def _disk_full_from(call: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Make the ``call``-th and later checkpoint writes fail half-way with ENOSPC."""
     calls, real = [], ckpt.save_file
@@ -191,7 +191,7 @@ def test_ranks_resume_from_the_checkpoint_rank0_chose(shard_dir, tmp_path):
         assert f"RANK {rank} RESUMED 4" in log and f"RANK {rank} DONE 6" in log, log[-3000:]
 
 
-# ---- malformed checkpoint state / changed recipe ---------------------------------------------------------
+# ---- malformed checkpoint state / changed recipe -------------------------------------------------
 @pytest.fixture(scope="module")
 def one_checkpoint(shard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
     cfg = tiny_config(shard_dir, tmp_path_factory.mktemp("ck") / "run", max_steps=4, stop_after=2)
@@ -258,7 +258,7 @@ def test_resume_refuses_a_changed_optimizer_or_precision_field(one_checkpoint, c
         pretrain(one_checkpoint.replace(**change))
 
 
-# ---- the non-finite policy, in isolation ---------------------------------------------------------------
+# ---- the non-finite policy, in isolation ---------------------------------------------------------
 @pytest.mark.parametrize("path", ["plain", "fused", "fp16-scaler"])
 def test_guard_skips_a_nonfinite_step_on_every_precision_path(path):
     """Fault: a NaN gradient. Kept: weights and AdamW state unchanged, the step counted as bad."""

@@ -79,7 +79,7 @@ def test_cuda_fused_skip_and_stop(shard_dir, tmp_path):
         pretrain(cfg, model=FlakyMAE(cfg.model_config(), bad_calls=set(range(4, 100))))
 
 
-# ---- throughput measurement (script) ---------------------------------------------------------------------
+# ---- throughput measurement (script) -------------------------------------------------------------
 class RandomCrops(IterableDataset):
     """Standard-normal crops ``(1, 200, 80)``: measures the model, not the data pipeline."""
 

@@ -5,7 +5,8 @@ Public API::
     from audiomaepp import AudioMAEConfig, AudioMAE
     cfg = AudioMAEConfig.preset("base", block="vanilla")
     model = AudioMAE(cfg)
-    out = model(x)            # x: (B, 1, 200, 80) standardised log-mel -> out.loss, out.pred, out.mask
+    # x: (B, 1, 200, 80) standardised log-mel
+    out = model(x)            # -> out.loss, out.pred, out.mask
     tokens = model.encode(x)  # (B, 250, D)
 """
 

@@ -1,7 +1,7 @@
 """Exceptions raised by audiomaepp.
 
 Every error says which input (file, key, argument) is wrong and why, so a long job can log it and
-move on. They subclass ``ValueError`` where the cause is a bad value, so generic handlers still work.
+move on. They subclass ``ValueError`` where the cause is a bad value, so generic handlers work.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ class ShardFormatError(AudioMAEError, ValueError):
 
 
 class CheckpointError(AudioMAEError, ValueError):
-    """A checkpoint or model directory that does not fit the model: missing, unexpected or mis-shaped keys."""
+    """A checkpoint or model directory that does not fit the model.
+
+    Missing, unexpected or mis-shaped keys.
+    """
 
 
 class ModelSpecError(CheckpointError):

@@ -1,1 +1,1 @@
-"""The ``audiomaepp`` command line: one module per sub-command, each with ``register(subparsers)``."""
+"""The ``audiomaepp`` command line: one module per sub-command, each with ``register(sub)``."""

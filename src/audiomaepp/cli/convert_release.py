@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="convert an authors' release checkpoint (.pth) into a safe model directory",
         description="Reads the release's torch.save checkpoint without executing pickled code and "
         "writes model.safetensors + config.json. The architecture comes from --release-config "
-        "(a JSON of the release's model arguments), --preset, or the arguments stored in the checkpoint.",
+        "(a JSON of the release's model arguments), --preset, or the arguments stored in the "
+        "checkpoint.",
     )
     p.add_argument("checkpoint", help="release checkpoint, e.g. checkpoint-99.pth")
     p.add_argument("out_dir", help="model directory to write")
@@ -43,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     cfg = model.config
     print(
-        f"wrote {args.out_dir}: {cfg.block} encoder {cfg.depth}x{cfg.embed_dim} ({cfg.num_heads} heads), "
-        f"decoder {cfg.decoder_depth}x{cfg.decoder_embed_dim}, {model.num_params() / 1e6:.2f} M parameters, "
+        f"wrote {args.out_dir}: {cfg.block} encoder {cfg.depth}x{cfg.embed_dim} "
+        f"({cfg.num_heads} heads), decoder {cfg.decoder_depth}x{cfg.decoder_embed_dim}, "
+        f"{model.num_params() / 1e6:.2f} M parameters, "
         f"token layout {cfg.token_layout!r}"
     )
     return 0

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ..model.io import read_config
 
     print(
-        f"{'model':<24}{'block':<10}{'enc':>12}{'dec':>10}{'enc+patch M':>13}{'MAE M':>9}{'GFLOP/sample':>14}"
+        f"{'model':<24}{'block':<10}{'enc':>12}{'dec':>10}"
+        f"{'enc+patch M':>13}{'MAE M':>9}{'GFLOP/sample':>14}"
     )
     for item in args.what:
         cfg = (
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
             model = AudioMAE(cfg)
         print(
             f"{Path(item).name:<24}{cfg.block:<10}{f'{cfg.depth}x{cfg.embed_dim}':>12}"
-            f"{f'{cfg.decoder_depth}x{cfg.decoder_embed_dim}':>10}{model.num_params(True) / 1e6:>13.2f}"
+            f"{f'{cfg.decoder_depth}x{cfg.decoder_embed_dim}':>10}"
+            f"{model.num_params(True) / 1e6:>13.2f}"
             f"{model.num_params() / 1e6:>9.2f}{model.flops_per_sample() / 1e9:>14.1f}"
         )
     return 0

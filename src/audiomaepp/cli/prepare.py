@@ -1,4 +1,7 @@
-"""``audiomaepp prepare``: audio files -> log-mel webdataset shards + manifest (resumable, splittable)."""
+"""``audiomaepp prepare``: audio files -> log-mel webdataset shards + manifest.
+
+Resumable, and splittable across nodes.
+"""
 
 from __future__ import annotations
 
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         manifest = merge_manifests(args.out)
         print(
             f"merged {len(manifest['parts'])} parts: {manifest['clips']} clips, "
-            f"{manifest['hours']:.2f} h, {len(manifest['shards'])} shards -> {args.out / 'manifest.json'}"
+            f"{manifest['hours']:.2f} h, {len(manifest['shards'])} shards "
+            f"-> {args.out / 'manifest.json'}"
         )
         return 0
     if not args.inputs:
@@ -122,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         f"({report.reused_shards} kept from an earlier run) -> {report.manifest_path}"
     )
     print(
-        f"decoded {report.processed} files in {report.elapsed_s:.1f} s ({report.files_per_s:.1f} files/s)"
+        f"decoded {report.processed} files in {report.elapsed_s:.1f} s "
+        f"({report.files_per_s:.1f} files/s)"
     )
     if m["skipped"]:
         print(

@@ -1,4 +1,4 @@
-"""Pretraining data: ``prepare_shards`` (audio -> log-mel shards + manifest) and the streaming loader."""
+"""Pretraining data: ``prepare_shards`` (audio -> log-mel shards + manifest) and the loader."""
 
 from .loader import (
     CropDataset,

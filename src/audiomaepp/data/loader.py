@@ -673,7 +673,7 @@ class ShardDataset(CropDataset):
 
 
 def _member_problem(array: np.ndarray) -> str | None:
-    """Why a decoded member cannot be a stored log-mel ``(T >= 1, 80)`` of finite floats, or None."""
+    """Why a decoded member is not a stored log-mel ``(T >= 1, 80)`` of finite floats, or None."""
     if array.dtype.kind != "f":
         return f"dtype {array.dtype}, expected float16"
     if array.ndim != 2 or array.shape[1] != N_MELS:
@@ -766,7 +766,7 @@ class FolderDataset(CropDataset):
 
 
 def _tar_paths(source: str) -> list[Path] | None:
-    """Shard paths when ``source`` is a ``.tar``, a glob of them or a folder of them (no manifest)."""
+    """Shard paths when ``source`` is a ``.tar``, a glob or a folder of them (no manifest)."""
     path = Path(source)
     if path.is_dir():
         tars = sorted(path.glob("*.tar"))
@@ -784,7 +784,8 @@ def make_pretraining_dataset(
 
     * a folder with ``manifest.json`` (or node parts) -> :class:`ShardDataset` of its shards;
     * a ``.tar``, a glob of ``.tar`` files, or a folder of ``.tar`` files -> :class:`ShardDataset`;
-    * anything else (audio folder, glob, ``.txt`` list, or a list of those) -> :class:`FolderDataset`.
+    * anything else (audio folder, glob, ``.txt`` list, or a list of those) ->
+      :class:`FolderDataset`.
 
     ``kwargs`` go to the dataset (rank, world_size, seed, shuffle_buffer, crops_per_clip, ...).
     """

@@ -101,7 +101,7 @@ SKIP_REASONS = (
 
 
 def default_workers() -> int:
-    """``min(8, cpu count)``: decoding + STFT is CPU-bound; beyond ~8 the disk is usually the limit."""
+    """``min(8, cpu count)``: decode + STFT is CPU-bound; past ~8 the disk is usually the limit."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
@@ -116,7 +116,7 @@ class PrepareConfig:
     workers: int = field(default_factory=default_workers)
     num_nodes: int = 1  # machines sharing the file list; each takes every num_nodes-th file
     node_rank: int = 0  # which of those machines this is (0-based)
-    # Under 0.1 s (< 11 frames) a clip is mostly padding; tiled 20x to a 2-s crop it teaches nothing.
+    # Under 0.1 s (< 11 frames) a clip is mostly padding: tiled 20x to 2 s, it teaches nothing.
     min_duration_s: float = 0.1
     # Seeds the permutation that deals files to shards: sorted order would fill each shard from
     # one folder (one class or source), and the loader's batches would follow.
@@ -329,7 +329,8 @@ def _init_worker() -> None:
 
 
 def _results(jobs: Sequence[_Job], cfg: PrepareConfig, spool_dir: Path) -> Iterator[ClipResult]:
-    """Results of ``process_file`` for ``jobs``, in input order (worker processes when ``workers > 1``).
+    """Results of ``process_file`` for ``jobs``, in input order (in worker processes when
+    ``workers > 1``).
 
     A file whose worker died twice (or whose processing raised) becomes a ``worker_failed`` skip.
     A long file's segments go to ``spool_dir / KEY.f16`` (a retried file starts it afresh).
@@ -372,7 +373,7 @@ def _glob_root(pattern: str) -> str:
 
 
 def _input_roots(inputs: Sequence[str | Path]) -> list[str]:
-    """Folders the files were found under (folder inputs and the fixed part of globs), longest first."""
+    """Folders the files were found under (folder inputs, fixed part of globs), longest first."""
     roots = set()
     for item in inputs:
         s = str(item)
@@ -763,7 +764,8 @@ def _try_merge(out: Path) -> None:
         logger.info("all node parts present: wrote %s", out / "manifest.json")
     except (ValueError, FileNotFoundError) as exc:
         logger.info(
-            "not merging yet (%s); run `audiomaepp prepare --merge --out %s` when all nodes are done",
+            "not merging yet (%s); run `audiomaepp prepare --merge --out %s` "
+            "when all nodes are done",
             exc,
             out,
         )

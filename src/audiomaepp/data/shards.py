@@ -105,7 +105,7 @@ def manifest_name(node_rank: int = 0, num_nodes: int = 1) -> str:
 
 
 def progress_name(node_rank: int = 0, num_nodes: int = 1) -> str:
-    """Append-only log of finished shards, one JSON object per line (first line: the fingerprint)."""
+    """Append-only log of finished shards, one JSON object a line (first line: the fingerprint)."""
     return f"progress{rank_tag(node_rank, num_nodes)}.jsonl"
 
 
@@ -205,7 +205,7 @@ class ShardWriter:
         return _npy_bytes(index)
 
     def commit(self) -> int:
-        """Write the index, finish the tar, flush it, rename it to its final name; returns its size."""
+        """Write the index, finish and flush the tar, give it its final name; returns its size."""
         data = self._index_bytes()
         self.index = (self._add(INDEX_MEMBER, data), len(data))
         self._tar.close()

@@ -50,7 +50,7 @@ def clip_stats(lms: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.T
 
 
 def tile_to(lms: torch.Tensor, frames: int = INPUT_FRAMES) -> torch.Tensor:
-    """Repeat a clip ``(..., T, F)`` along time until it has at least ``frames`` frames, then cut."""
+    """Repeat a clip ``(..., T, F)`` along time until it has ``frames`` frames or more, then cut."""
     t = lms.shape[-2]
     if t == 0:
         raise ValueError("cannot tile an empty log-mel (0 frames)")

@@ -133,13 +133,15 @@ class AudioMAEConfig:
         for i in range(2):
             if self.img_size[i] % self.patch_size[i]:
                 raise ValueError(
-                    f"AudioMAEConfig.img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+                    f"AudioMAEConfig.img_size {self.img_size} is not a multiple of "
+                    f"patch_size {self.patch_size}"
                 )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"AudioMAEConfig.mask_ratio={self.mask_ratio}; must be in [0, 1)")
         if self.num_patches > _MAX_PATCHES:
             raise ValueError(
-                f"AudioMAEConfig.img_size {list(self.img_size)} / patch_size {list(self.patch_size)} "
+                f"AudioMAEConfig.img_size {list(self.img_size)} / "
+                f"patch_size {list(self.patch_size)} "
                 f"give {self.num_patches} patches; at most {_MAX_PATCHES}"
             )
         if self.num_keep < 1:
@@ -203,7 +205,7 @@ class AudioMAEConfig:
 
     @property
     def num_keep(self) -> int:
-        """Patches kept by the masking: ``int(L * (100 - ratio*100) / 100)`` = 50, as the release."""
+        """Patches kept by masking: ``int(L * (100 - ratio*100) / 100)`` = 50, as in the release."""
         return int(self.num_patches * (100 - self.mask_ratio * 100) / 100)
 
     # ---- presets and (de)serialisation ----------------------------------------------------------

@@ -55,6 +55,7 @@ def model_card(model: torch.nn.Module, repo_id: str) -> str:
     """A README.md for the Hub: metadata, the architecture and how to load it."""
     cfg = model.config
     params = sum(p.numel() for p in model.encoder.parameters())
+    mparams = params / 1e6
     extra = "".join(f"| {k} | `{v}` |\n" for k, v in sorted(cfg.extra.items())) if cfg.extra else ""
     return f"""---
 library_name: audiomaepp
@@ -71,7 +72,7 @@ Files: `model.safetensors` (weights, no pickle) and `config.json` (the architect
 | field | value |
 |---|---|
 | blocks | `{cfg.block}` (decoder `{cfg.decoder_block}`) |
-| encoder | {cfg.depth} x {cfg.embed_dim} wide, {cfg.num_heads} heads ({params / 1e6:.1f} M parameters) |
+| encoder | {cfg.depth} x {cfg.embed_dim} wide, {cfg.num_heads} heads ({mparams:.1f} M parameters) |
 | decoder | {cfg.decoder_depth} x {cfg.decoder_embed_dim} wide |
 | SwiGLU input norm | `{cfg.swiglu_norm}` |
 | RoPE (encoder / decoder) | `{cfg.encoder_rope}` / `{cfg.decoder_rope}` |

@@ -16,14 +16,17 @@ def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=LN_EPS)
 
 
-# ---- rotary position embedding --------------------------------------------------------------------
+# ---- rotary position embedding -------------------------------------------------------------------
 def rope_freqs(head_dim: int, base: float = 10000.0) -> torch.Tensor:
     """Angular rate of each channel pair ``(2i, 2i+1)``: ``base^(-2i/hd)``, shape ``(hd/2,)``."""
     return base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos / sin tables for integer ``positions`` ``(N,)`` or ``(B, N)`` -> each ``(B|1, 1, N, hd/2)``."""
+    """cos / sin tables for integer ``positions`` ``(N,)`` or ``(B, N)``.
+
+    Returns each as ``(B|1, 1, N, hd/2)``.
+    """
     freqs = rope_freqs(head_dim).to(positions.device)
     angles = positions.float().unsqueeze(-1) * freqs  # (..., N, hd/2)
     if angles.ndim == 2:
@@ -41,7 +44,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # ---- attention and feed-forward layers -----------------------------------------------------------
 class Attention(nn.Module):
-    """Multi-head self-attention, one fused ``qkv`` projection, SDPA kernel, scale ``hd ** -0.5``."""
+    """Multi-head self-attention: fused ``qkv`` projection, SDPA kernel, scale ``hd ** -0.5``."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -63,7 +66,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """``Linear(D, h) -> act -> Linear(h, D)``: GELU in the vanilla block, SiLU as the macaron FFN1."""
+    """``Linear(D, h) -> act -> Linear(h, D)``: GELU in the vanilla block, SiLU as macaron FFN1."""
 
     def __init__(self, dim: int, hidden: int, act: type[nn.Module]) -> None:
         super().__init__()
@@ -76,7 +79,7 @@ class Mlp(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """``proj(LN(silu(gate(x)) * value(x)))`` with hidden ``int(4 D * 2/3)`` and a LayerNorm inside."""
+    """``proj(LN(silu(gate(x)) * value(x)))``, hidden ``int(4 D * 2/3)``, a LayerNorm inside."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -89,7 +92,7 @@ class SwiGLU(nn.Module):
         return self.proj(self.norm(F.silu(self.gate(x)) * self.value(x)))
 
 
-# ---- blocks ------------------------------------------------------------------------------------------
+# ---- blocks --------------------------------------------------------------------------------------
 class VanillaBlock(nn.Module):
     """MAE/ViT block: ``x + Attn(LN1 x)``, then ``x + MLP(LN2 x)`` with GELU."""
 
@@ -166,7 +169,7 @@ class BlockStack(nn.ModuleList):
         self.head_dim = dim // num_heads
 
     def forward(self, x: torch.Tensor, grid_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``(B, N, D)``; ``grid_positions`` ``(B, N)`` true positions, used when rope="grid"."""
+        """``x`` ``(B, N, D)``; ``grid_positions`` ``(B, N)``: true positions, for rope="grid"."""
         rope = None
         if self.rope == "sequence" or (self.rope == "grid" and grid_positions is None):
             rope = rope_tables(torch.arange(x.shape[1], device=x.device), self.head_dim)

@@ -31,7 +31,7 @@ class MAEOutput:
 
 
 def patchify(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
-    """``(B, 1, T, F)`` -> ``(B, L, pt*pf)``: patches time-major, each flattened time then frequency."""
+    """``(B, 1, T, F)`` -> ``(B, L, pt*pf)``: patches time-major, each flattened time then freq."""
     B, C, T, Fq = x.shape
     pt, pf = patch
     x = x.reshape(B, C, T // pt, pt, Fq // pf, pf)  # (B, C, gt, pt, gf, pf)
@@ -112,7 +112,7 @@ class Encoder(nn.Module):
         return self.patch_embed(x) + self.pos_embed[:, 1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Unmasked encoding (feature extraction): log-mel ``(B, 1, 200, 80)`` -> ``(B, 1 + L, D)``."""
+        """Feature extraction (no masking): log-mel ``(B, 1, 200, 80)`` -> ``(B, 1 + L, D)``."""
         return self.run(self.embed(x))
 
     def run(self, tokens: torch.Tensor, patch_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,7 +129,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Light decoder: project, fill in mask tokens, un-shuffle, 1-D sin-cos table, blocks, predict."""
+    """Light decoder: project, add mask tokens, un-shuffle, 1-D sin-cos table, blocks, predict."""
 
     def __init__(self, cfg: AudioMAEConfig) -> None:
         super().__init__()
@@ -196,14 +196,15 @@ class AudioMAE(nn.Module):
         want = (self.config.in_chans, *self.config.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(
-                f"AudioMAE expects standardised log-mel of shape (B, {want[0]}, {want[1]}, {want[2]}), "
+                "AudioMAE expects standardised log-mel of shape "
+                f"(B, {want[0]}, {want[1]}, {want[2]}), "
                 f"got {tuple(x.shape)}"
             )
 
     def forward_encoder(
         self, x: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Masked encoding: returns latent ``(B, 1 + K, D)``, mask ``(B, L)``, ids_restore ``(B, L)``."""
+        """Masked encoding: latent ``(B, 1 + K, D)``, mask ``(B, L)``, ids_restore ``(B, L)``."""
         tokens = self.encoder.embed(x)  # (B, L, D)
         kept, mask, ids_restore, ids_keep = random_masking(tokens, self.config.num_keep, noise)
         return self.encoder.run(kept, ids_keep), mask, ids_restore
@@ -238,7 +239,7 @@ class AudioMAE(nn.Module):
         return sum(p.numel() for p in module.parameters())
 
     def encoder_flops_per_chunk(self) -> float:
-        """Matmul FLOPs of feature extraction for one 2-s chunk: unmasked encoder, 1 + 250 tokens."""
+        """Matmul FLOPs of feature extraction for a 2-s chunk: unmasked encoder, 1 + 250 tokens."""
         return encoder_flops(self.config)
 
     def flops_per_sample(self) -> float:

@@ -6,7 +6,7 @@ import torch
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """``(P,)`` positions -> ``(P, dim)``: ``[sin(p w), cos(p w)]`` with ``w_i = 1 / 10000^(2i/dim)``."""
+    """``(P,)`` positions -> ``(P, dim)``: ``[sin(p w), cos(p w)]``, ``w_i = 10000^(-2i/dim)``."""
     if dim % 2:
         raise ValueError(f"sin-cos table needs an even width, got {dim}")
     omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)

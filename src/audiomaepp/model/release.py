@@ -3,8 +3,8 @@
 The release saves ``torch.save({"model", "optimizer", "epoch", "scaler", "args"})`` where ``args``
 is an ``argparse.Namespace`` holding an ``ml_collections.ConfigDict``. We read it with PyTorch's
 ``weights_only`` unpickler, which admits tensors, storages and plain containers only, and map those
-two class names to inert stand-ins that just keep their state as data. Any other global (``os.system``,
-``builtins.eval``, ...) is refused before anything runs.
+two class names to inert stand-ins that just keep their state as data. Any other global
+(``os.system``, ``builtins.eval``, ...) is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = [
 
 
 class InertObject:
-    """Stand-in for ``argparse.Namespace`` / ``ConfigDict``: keeps the pickled state, runs nothing."""
+    """Stand-in for ``argparse.Namespace`` / ``ConfigDict``: keeps pickled state, runs nothing."""
 
     def __setstate__(self, state: Any) -> None:
         self.__dict__["_state"] = state
@@ -181,7 +181,7 @@ def _embedded_model_args(ckpt_args: Any) -> dict[str, Any] | None:
         return None
 
 
-# ---- state dict -------------------------------------------------------------------------------------
+# ---- state dict ----------------------------------------------------------------------------------
 _RENAMES = [  # (release pattern, our name), applied in order
     (r"^cls_token$", "encoder.cls_token"),
     (r"^patch_embed\.", "encoder.patch_embed."),
@@ -243,7 +243,7 @@ def _check_rope_table(key: str, value: torch.Tensor, model: AudioMAE, source: st
         )
 
 
-# ---- whole conversion -------------------------------------------------------------------------------
+# ---- whole conversion ----------------------------------------------------------------------------
 def convert_release(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -278,7 +278,8 @@ def convert_release(
         args = _embedded_model_args(ckpt.get("args"))
         if args is None:
             raise CheckpointError(
-                f"{checkpoint}: the checkpoint carries no model arguments; pass --preset or --release-config"
+                f"{checkpoint}: the checkpoint carries no model arguments; "
+                "pass --preset or --release-config"
             )
         cfg = config_from_release_args(args)
     cfg.extra["checkpoint"] = Path(checkpoint).name

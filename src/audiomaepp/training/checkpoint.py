@@ -4,7 +4,8 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step_NNNNNNNN/``:
 
 * ``model.safetensors`` + ``config.json`` — written by ``save_pretrained``, so every checkpoint
   is also a model directory that ``AudioMAE.from_pretrained`` loads;
-* ``optimizer.safetensors`` — AdamW state tensors, keys ``"{param name}/{exp_avg|exp_avg_sq|step}"``;
+* ``optimizer.safetensors`` — AdamW state tensors, keyed
+  ``"{param name}/{exp_avg|exp_avg_sq|step}"``;
 * ``rng.safetensors`` — RNG states as uint8 tensors (torch CPU, CUDA, numpy MT19937, python);
 * ``state.json`` — step, loader position, param-group settings, grad-scaler state, counters,
   the scalar parts of the RNG states and the run's configuration.
@@ -49,7 +50,7 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-# ---- finding checkpoints ----------------------------------------------------------------------------
+# ---- finding checkpoints -------------------------------------------------------------------------
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of ``run_dir``, oldest first."""
     root = Path(run_dir) / CHECKPOINTS
@@ -103,7 +104,7 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
     return doomed
 
 
-# ---- RNG states ---------------------------------------------------------------------------------------
+# ---- RNG states ----------------------------------------------------------------------------------
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every global RNG state: uint8 tensors plus their scalar parts (JSON)."""
     np_state = np.random.get_state()
@@ -143,7 +144,7 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     random.setstate((meta["python"]["version"], words, meta["python"]["gauss_next"]))
 
 
-# ---- optimizer state ------------------------------------------------------------------------------------
+# ---- optimizer state -----------------------------------------------------------------------------
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
@@ -174,13 +175,14 @@ def flatten_optimizer(
 def load_optimizer(
     optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
 ) -> None:
-    """Load what :func:`flatten_optimizer` wrote into ``optimizer`` (same parameters, same order)."""
+    """Load what :func:`flatten_optimizer` wrote into ``optimizer`` (same parameters and order)."""
     names = optimizer_param_names(optimizer)
     if meta["names"] != names:
         missing = sorted(set(names) - set(meta["names"]))
         extra = sorted(set(meta["names"]) - set(names))
         raise CheckpointError(
-            f"optimizer parameters differ from the checkpoint's (missing {missing}, unexpected {extra})"
+            "optimizer parameters differ from the checkpoint's "
+            f"(missing {missing}, unexpected {extra})"
         )
     index = {name: i for i, name in enumerate(names)}
     state: dict[int, dict[str, Any]] = {}
@@ -196,7 +198,7 @@ def load_optimizer(
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-# ---- save / load ---------------------------------------------------------------------------------------
+# ---- save / load ---------------------------------------------------------------------------------
 def _fsync_tree(folder: Path) -> None:
     for p in folder.iterdir():
         with open(p, "rb") as f:
@@ -212,7 +214,9 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
     keep_last: int = 0,
 ) -> Path:
-    """Write the full training state of ``step`` atomically; prune to ``keep_last``. Returns the folder.
+    """Write the full training state of ``step`` atomically; prune to ``keep_last``.
+
+    Returns the folder.
 
     ``model`` is the bare :class:`AudioMAE` (not the DDP / compiled wrapper); ``state`` holds the
     JSON-able rest (loader position, counters, config). Saving a step twice keeps the first.
@@ -320,6 +324,7 @@ def load_checkpoint(
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
         # a state.json edited by hand or from another version: name the file, not a bare KeyError
         raise CheckpointError(
-            f"{path / STATE_NAME}: malformed optimizer / scaler / RNG state ({type(exc).__name__}: {exc})"
+            f"{path / STATE_NAME}: malformed optimizer / scaler / RNG state "
+            f"({type(exc).__name__}: {exc})"
         ) from exc
     return doc

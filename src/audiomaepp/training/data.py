@@ -56,7 +56,7 @@ def ignore_stop_signals(worker_id: int) -> None:
 def make_rank_loader(
     dataset: Any, per_device_batch: int, num_workers: int, pin_memory: bool
 ) -> Any:
-    """``audiomaepp.data.loader.make_loader`` with workers that leave stop signals to the main process."""
+    """``audiomaepp.data.make_loader`` with workers that leave stop signals to the main process."""
     from ..data import make_loader
 
     return make_loader(

@@ -53,7 +53,7 @@ class NonFiniteGuard:
         self.window = zeros()  # bad steps since the last check
         self.total = 0  # bad steps over the run (host, updated at checks)
 
-    # ---- one step ------------------------------------------------------------------------------------
+    # ---- one step --------------------------------------------------------------------------------
     def is_bad(self, loss: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         """Whether this step is non-finite (bool tensor, no host sync), the same on every rank.
 
@@ -96,7 +96,7 @@ class NonFiniteGuard:
             )
         self._raise_if_exceeded(int(self.run), step)
 
-    # ---- log steps -------------------------------------------------------------------------------------
+    # ---- log steps -------------------------------------------------------------------------------
     def at_log(
         self, step: int, reduce_max: Callable[[torch.Tensor], torch.Tensor], report: bool
     ) -> int:
@@ -122,12 +122,12 @@ class NonFiniteGuard:
         if run >= self.limit:
             raise NonFiniteLossError(
                 f"{run} consecutive optimizer steps up to step {step} had a non-finite loss or "
-                f"gradient norm (limit --max-nonfinite {self.limit}); the model was not updated on "
-                "them. Lower the learning rate, set --clip-grad, or use bf16/fp32, then resume from "
-                "the last checkpoint."
+                f"gradient norm (limit --max-nonfinite {self.limit}); the model was not updated "
+                "on them. Lower the learning rate, set --clip-grad, or use bf16/fp32, then resume "
+                "from the last checkpoint."
             )
 
-    # ---- checkpoint ------------------------------------------------------------------------------------
+    # ---- checkpoint ------------------------------------------------------------------------------
     def state(self) -> dict[str, int]:
         return {"run": int(self.run), "total": self.total + int(self.window)}
 

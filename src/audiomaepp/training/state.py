@@ -73,7 +73,7 @@ class TrainState:
     # fields an older state.json did not record (not compared); not saved
     unrecorded: tuple[str, ...] = field(default=(), compare=False)
 
-    # ---- JSON ---------------------------------------------------------------------------------------
+    # ---- JSON ------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """A flat JSON object (plus derived, human-friendly epoch / sample counts)."""
         doc = dataclasses.asdict(self)
@@ -85,7 +85,7 @@ class TrainState:
 
     @classmethod
     def from_json(cls, doc: Any, source: str) -> TrainState:
-        """Parse a ``state.json`` document; :class:`CheckpointError` names ``source`` and the field."""
+        """Parse ``state.json`` text; a :class:`CheckpointError` names ``source`` and the field."""
         if not isinstance(doc, dict):
             raise CheckpointError(f"{source}: expected a JSON object, got {type(doc).__name__}")
         values: dict[str, Any] = {"unrecorded": tuple(n for n in _NEWER if n not in doc)}
@@ -101,7 +101,7 @@ class TrainState:
             raise CheckpointError(f"{source}: field 'steps_per_epoch' must be >= 1")
         return cls(**values)
 
-    # ---- resume -------------------------------------------------------------------------------------
+    # ---- resume ----------------------------------------------------------------------------------
     def check_resume(self, current: TrainState, source: str) -> list[str]:
         """Raise if ``current`` (this run) differs in a recipe field; return layout warnings."""
         for name, fixes in RECIPE.items():

@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 MODEL_DIR = "model"
 
 
-# ---- the plan: numbers that depend on the machine and the data ----------------------------------------
+# ---- the plan: numbers that depend on the machine and the data -----------------------------------
 @dataclass(frozen=True)
 class RunPlan:
     """Resolved settings of one run on this machine (written to ``RUN_DIR/plan.json``)."""
@@ -125,7 +125,7 @@ def plan_run(
     )
 
 
-# ---- result --------------------------------------------------------------------------------------------
+# ---- result --------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
     """What a call of :func:`pretrain` did (the same on every rank; only rank 0 wrote files)."""
@@ -150,9 +150,12 @@ class RunResult:
         return d
 
 
-# ---- small helpers ----------------------------------------------------------------------------------------
+# ---- small helpers -------------------------------------------------------------------------------
 class LossModule(nn.Module):
-    """``(x, noise) -> loss``: what DDP wraps and torch.compile compiles (forward + loss in one graph)."""
+    """``(x, noise) -> loss``: what DDP wraps and torch.compile compiles.
+
+    Forward and loss live in one module, so they compile to one graph.
+    """
 
     def __init__(self, mae: AudioMAE) -> None:
         super().__init__()
@@ -192,7 +195,7 @@ def clip_to(params: list[torch.Tensor], max_norm: float, total: torch.Tensor) ->
             p.grad.mul_(coef.to(p.grad.dtype))
 
 
-# ---- the trainer ----------------------------------------------------------------------------------------
+# ---- the trainer ---------------------------------------------------------------------------------
 class Trainer:
     """Builds everything for one rank and runs the loop; see the module docstring."""
 
@@ -225,7 +228,7 @@ class Trainer:
         # progress-bar fields (loss, lr, ... and after_step's values)
         self._postfix: dict[str, str] = {}
 
-    # -- set-up --------------------------------------------------------------------------------------------
+    # -- set-up ------------------------------------------------------------------------------------
     def _check_dataset(self) -> None:
         for attr, want in (("rank", self.env.rank), ("world_size", self.env.world_size)):
             have = getattr(self.dataset, attr, want)
@@ -266,7 +269,7 @@ class Trainer:
         self.flops_per_sample = self.model.flops_per_sample()
         self.peak = peak_flops(self.device, self.loop.peak_tflops)
 
-    # -- extension points: fine-tuning (audiomaepp.finetune.trainer) overrides these -----------------------
+    # -- extension points: fine-tuning (audiomaepp.finetune.trainer) overrides these ---------------
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW's groups (each with ``params`` and ``names``): the model's decay / no-decay split.
         A group's optional ``lr_scale`` multiplies its lr (fine-tuning's layer decay)."""
@@ -280,23 +283,23 @@ class Trainer:
         )
 
     def make_loss_module(self) -> nn.Module:
-        """The module DDP wraps and torch.compile compiles: ``forward(*loss_inputs(...)) -> loss``."""
+        """What DDP wraps and torch.compile compiles: ``forward(*loss_inputs(...)) -> loss``."""
         return LossModule(self.model)
 
     def loss_inputs(self, batch: Any, noise: torch.Tensor) -> tuple[Any, ...]:
-        """Arguments of the loss module for one micro-batch (moved to the device) and its noise rows."""
+        """Loss-module arguments for one micro-batch (moved to the device) and its noise rows."""
         return batch.to(self.device, non_blocking=True), noise
 
     def extra_state(self) -> dict[str, Any]:
-        """JSON saved in ``state.json`` beside the :class:`TrainState` (fine-tuning: its best score)."""
+        """JSON saved in ``state.json`` beside the :class:`TrainState` (fine-tuning: best score)."""
         return {}
 
     def after_step(self) -> dict[str, float] | None:
         """Called after every optimizer step, before checkpointing; returned values are logged
-        (``metrics.jsonl``, progress bar). Pretraining has nothing to add; fine-tuning validates here."""
+        (``metrics.jsonl``, progress bar). Pretraining adds nothing; fine-tuning validates here."""
         return None
 
-    # -- resume ----------------------------------------------------------------------------------------------
+    # -- resume ------------------------------------------------------------------------------------
     def restore(self) -> None:
         """Resume as ``loop.resume`` asks, the same way on every rank: rank 0 picks the checkpoint
         (:func:`agreed_resume`), every rank loads that one, and all must then stand at the same
@@ -307,7 +310,7 @@ class Trainer:
         check_same_step(self.step, self.env)
 
     def resume(self, path: Path) -> None:
-        """Load a checkpoint written by :meth:`save` (any rank count; same recipe, see :mod:`.state`)."""
+        """Load a checkpoint from :meth:`save` (any rank count; same recipe, see :mod:`.state`)."""
         saved = ckpt.read_train_state(path)
         for warning in saved.check_resume(self.state(), str(path)):
             logger.warning(warning)
@@ -323,7 +326,7 @@ class Trainer:
             self.step // self.plan.steps_per_epoch,
         )
 
-    # -- one optimizer step ---------------------------------------------------------------------------------
+    # -- one optimizer step ------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -345,7 +348,7 @@ class Trainer:
         return loss.detach()
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """One optimizer step; returns ``(loss, grad_norm, bad, lr)`` (device tensors, no host sync)."""
+        """One optimizer step -> ``(loss, grad_norm, bad, lr)`` (device tensors, no host sync)."""
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
             # layer-wise lr decay (fine-tuning) scales groups
@@ -362,7 +365,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, norm, bad, lr
 
-    # -- the loop ------------------------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> RunResult:
         start = time.perf_counter()
         if self.env.is_main:
@@ -502,7 +505,7 @@ class Trainer:
             desc=self.progress_desc,
         )
 
-    # -- outputs -------------------------------------------------------------------------------------------
+    # -- outputs -----------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.clean_partial(self.run_dir)
@@ -635,8 +638,8 @@ def check_same_step(step: int, env: DistEnv) -> None:
     low, high = agree_int(step, env)
     if low != high:
         raise CheckpointError(
-            f"ranks resumed at different steps ({low} .. {high}; this rank: {step}): the checkpoint "
-            "folder is not the same on every node (a lagging shared file system?)"
+            f"ranks resumed at different steps ({low} .. {high}; this rank: {step}): "
+            "the checkpoint folder is not the same on every node (a lagging shared file system?)"
         )
 
 

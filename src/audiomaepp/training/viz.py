@@ -19,7 +19,8 @@ from ..model import AudioMAE, unpatchify
 def reconstruct(
     model: AudioMAE, x: torch.Tensor, noise: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """One clip ``x`` ``(1, 1, 200, 80)`` -> ``input``, ``mask``, ``recon``, ``pasted`` as ``(200, 80)``.
+    """One clip ``x`` ``(1, 1, 200, 80)`` -> ``input``, ``mask``, ``recon``, ``pasted``, each
+    ``(200, 80)``.
 
     ``mask`` is 1 where patches were removed; ``pasted`` is the reconstruction with the visible
     patches replaced by the input (what the model actually had to infer stands out).
