@@ -45,7 +45,9 @@ def test_batched_path_matches_the_per_clip_oracle(converted_dir, full_model, cli
     """Batches of 3 chunks: clips span batches and batches hold several clips (fp32, 1e-5)."""
     from audiomaepp.embedding import Embedder
 
-    emb = Embedder.from_dir(converted_dir, device="cpu", layout=layout, batch_size=3)
+    emb = Embedder.from_dir(
+        converted_dir, device="cpu", dtype="float32", layout=layout, batch_size=3
+    )
     steps = dict(emb.iter_embeddings(clips, timestamps=True))
     scene = emb.embed(clips)
     for i, clip in enumerate(clips):
@@ -59,7 +61,9 @@ def test_batched_path_matches_the_per_clip_oracle(converted_dir, full_model, cli
 def test_hear_batch_matches_the_oracle(converted_dir, full_model, layout):
     from audiomaepp import hear
 
-    model = hear.load_model(str(converted_dir), layout=layout, device="cpu", batch_size=4)
+    model = hear.load_model(
+        str(converted_dir), layout=layout, device="cpu", dtype="float32", batch_size=4
+    )
     audio = torch.randn(3, 16000 * 5) * 0.1  # 3 chunks per clip: batches cut across clips
     emb, ts = hear.get_timestamp_embeddings(audio, model)
     for b in range(3):
@@ -77,7 +81,7 @@ def test_front_end_on_segments_equals_the_whole_clip_front_end(converted_dir, cl
     at once, gives the whole-clip log-mel standardised by the whole clip's statistics."""
     from audiomaepp.embedding import Embedder
 
-    emb = Embedder.from_dir(converted_dir, device="cpu", batch_size=5)
+    emb = Embedder.from_dir(converted_dir, device="cpu", dtype="float32", batch_size=5)
     plans = [emb.plan(len(c)) for c in clips]
     segments = torch.cat(
         [emb.segments(torch.from_numpy(c), p.num_chunks) for c, p in zip(clips, plans, strict=True)]
@@ -96,7 +100,7 @@ def test_front_end_on_segments_equals_the_whole_clip_front_end(converted_dir, cl
 def test_the_embedder_keeps_no_decoder(converted_dir):
     from audiomaepp.embedding import Embedder
 
-    emb = Embedder.from_dir(converted_dir, device="cpu")
+    emb = Embedder.from_dir(converted_dir, device="cpu", dtype="float32")
     keys = list(emb.state_dict())
     assert keys and all(k.startswith("encoder.") for k in keys)
 
@@ -105,7 +109,7 @@ def test_a_non_finite_clip_is_named(converted_dir, clips):
     from audiomaepp import InvalidAudioError
     from audiomaepp.embedding import Embedder
 
-    emb = Embedder.from_dir(converted_dir, device="cpu", batch_size=4)
+    emb = Embedder.from_dir(converted_dir, device="cpu", dtype="float32", batch_size=4)
     bad = clips[3].copy()
     bad[1000] = np.nan
     with pytest.raises(InvalidAudioError, match="clip 1"):
@@ -130,7 +134,7 @@ def test_embed_files_decodes_in_workers_and_reports_bad_files(converted_dir, cli
     the same numbers as decoding in this process."""
     from audiomaepp.embedding import Embedder, embed_files
 
-    emb = Embedder.from_dir(converted_dir, device="cpu", batch_size=4)
+    emb = Embedder.from_dir(converted_dir, device="cpu", dtype="float32", batch_size=4)
     paths = _write_files(tmp_path / "in", clips[:5])
     decoded = []
     items = list(embed_files(emb, paths, workers=2, on_decoded=decoded.append))
@@ -166,7 +170,7 @@ def test_the_evaluation_cache_embeds_through_the_same_path(converted_dir, clips,
     paths = _write_files(tmp_path / "in", clips[:4])
     paths.remove(tmp_path / "in" / "broken.wav")
     task = OneSplitTask(paths)
-    emb = Embedder.from_dir(converted_dir, device="cpu", batch_size=4)
+    emb = Embedder.from_dir(converted_dir, device="cpu", dtype="float32", batch_size=4)
     np.testing.assert_allclose(
         embed_split(emb, task, "test"), emb.embed(clips[:4]), rtol=0, atol=1e-6
     )

@@ -28,7 +28,7 @@ def test_onnx_export_matches_pytorch(converted_dir, tmp_path, layout):
     assert main(["export-onnx", str(converted_dir), str(out), "--layout", layout]) == 0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["scene", "embeddings", "timestamps"]
-    embedder = Embedder.from_dir(converted_dir, device="cpu", layout=layout)
+    embedder = Embedder.from_dir(converted_dir, device="cpu", dtype="float32", layout=layout)
     gen = torch.Generator().manual_seed(1)
     for batch, samples in ((1, 31840), (3, 116800), (2, 401), (1, 32000 * 3 + 7)):
         wav = torch.randn(batch, samples, generator=gen) * 0.1
@@ -107,7 +107,7 @@ import json, sys, torch
 from audiomaepp import AudioMAE, hear
 model = AudioMAE.from_pretrained("someone/audiomaepp-micro")
 x = torch.linspace(-1, 1, 200 * 80).reshape(1, 1, 200, 80)
-emb = hear.load_model("someone/audiomaepp-micro", device="cpu", layout="time_major")
+emb = hear.load_model("someone/audiomaepp-micro", device="cpu", dtype="float32", layout="time_major")
 wav = torch.sin(torch.arange(16000 * 2) * 0.01)[None] * 0.1
 print(json.dumps({"tokens": model.encode(x)[0, :3, :4].tolist(),
                   "scene": hear.get_scene_embeddings(wav, emb)[0, :6].tolist()}))
@@ -148,7 +148,7 @@ def test_push_to_hub_then_load_by_repo_id_offline(tmp_path, monkeypatch):
             got["tokens"], model.encode(x)[0, :3, :4].numpy(), rtol=0, atol=1e-6
         )
     wav = torch.sin(torch.arange(16000 * 2) * 0.01)[None] * 0.1
-    ref = hear.get_scene_embeddings(wav, Embedder(model, layout="time_major"))
+    ref = hear.get_scene_embeddings(wav, Embedder(model, layout="time_major", dtype="float32"))
     np.testing.assert_allclose(got["scene"], ref[0, :6].numpy(), rtol=0, atol=1e-6)
     assert lines[1].startswith("CheckpointError") and "someone/not-in-the-cache" in lines[1]
 

@@ -21,7 +21,7 @@ STUBS = Path(__file__).parent / "stubs"
 
 @pytest.fixture(scope="module")
 def release_model(converted_dir):
-    return hear.load_model(str(converted_dir), device="cpu")
+    return hear.load_model(str(converted_dir), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_model_attributes(release_model):
 
 def test_batch_size_does_not_change_results(converted_dir, reference):
     audio = torch.from_numpy(reference["hear0_audio"])
-    small = hear.load_model(str(converted_dir), batch_size=1, device="cpu")
-    big = hear.load_model(str(converted_dir), batch_size=64, device="cpu")
+    small = hear.load_model(str(converted_dir), batch_size=1, device="cpu", dtype="float32")
+    big = hear.load_model(str(converted_dir), batch_size=64, device="cpu", dtype="float32")
     torch.testing.assert_close(
         hear.get_scene_embeddings(audio, small),
         hear.get_scene_embeddings(audio, big),
@@ -66,7 +66,7 @@ def test_batch_size_does_not_change_results(converted_dir, reference):
 
 def test_clips_of_different_lengths_share_batches(converted_dir, reference):
     """``embed`` pools chunks of several clips into one batch; each clip must come out as alone."""
-    model = hear.load_model(str(converted_dir), batch_size=5, device="cpu")
+    model = hear.load_model(str(converted_dir), batch_size=5, device="cpu", dtype="float32")
     a = reference["hear0_audio"][0]
     clips = [a, a[:20000], a[:3200], a[:64000]]
     together = model.embed(clips)
@@ -76,7 +76,7 @@ def test_clips_of_different_lengths_share_batches(converted_dir, reference):
 
 
 def test_time_major_layout(converted_dir):
-    model = hear.load_model(str(converted_dir), layout="time_major", device="cpu")
+    model = hear.load_model(str(converted_dir), layout="time_major", device="cpu", dtype="float32")
     audio = torch.randn(2, int(16000 * 4.3)) * 0.1
     emb, ts = hear.get_timestamp_embeddings(audio, model)
     assert emb.shape[:2] == ts.shape and emb.shape[2] == 320
@@ -132,7 +132,7 @@ def test_load_model_errors(micro_dir):
 
 def test_long_audio_memory_is_bounded(micro_dir):
     """Ten minutes in one call: chunks are encoded batch by batch, the scene vector is a running sum."""
-    model = hear.load_model(str(micro_dir), batch_size=32, device="cpu")
+    model = hear.load_model(str(micro_dir), batch_size=32, device="cpu", dtype="float32")
     audio = torch.randn(1, 16000 * 600) * 0.1
     scene = hear.get_scene_embeddings(audio, model)
     assert scene.shape == (1, 160) and torch.isfinite(scene).all()
@@ -194,6 +194,8 @@ def test_embed_cli(micro_dir, tmp_path):
             "0",
             "--device",
             "cpu",
+            "--dtype",
+            "float32",
         ]
     )
     assert rc == 0
@@ -208,19 +210,21 @@ def test_embed_cli(micro_dir, tmp_path):
     # the same file embedded through the Python API gives the same scene vector
     from audiomaepp.audio import load_audio
 
-    model = Embedder.from_dir(micro_dir, device="cpu")
+    model = Embedder.from_dir(micro_dir, device="cpu", dtype="float32")
     np.testing.assert_allclose(scene[1], model.embed([load_audio(src / "b.flac")])[0], atol=1e-5)
 
 
 def test_cache_keys_tell_models_layouts_and_precisions_apart(micro_dir):
     keys = {
-        Embedder.random_init("tiny", device="cpu").cache_key,
-        Embedder.random_init("tiny", device="cpu", embed_dim=64, num_heads=2).cache_key,
-        Embedder.random_init("tiny", seed=1, device="cpu").cache_key,
-        Embedder.from_dir(micro_dir, device="cpu").cache_key,
-        Embedder.from_dir(micro_dir, device="cpu", layout="release").cache_key,
+        Embedder.random_init("tiny", device="cpu", dtype="float32").cache_key,
+        Embedder.random_init(
+            "tiny", device="cpu", dtype="float32", embed_dim=64, num_heads=2
+        ).cache_key,
+        Embedder.random_init("tiny", seed=1, device="cpu", dtype="float32").cache_key,
+        Embedder.from_dir(micro_dir, device="cpu", dtype="float32").cache_key,
+        Embedder.from_dir(micro_dir, device="cpu", dtype="float32", layout="release").cache_key,
         Embedder.from_dir(micro_dir, device="cpu", dtype="bfloat16").cache_key,
     }
     assert len(keys) == 6
-    model = hear.load_model("", preset="tiny", layout="release")
+    model = hear.load_model("", preset="tiny", layout="release", dtype="float32")
     assert model.cache_key.endswith("-release-float32")

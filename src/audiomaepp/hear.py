@@ -23,17 +23,20 @@ def load_model(model_file_path: str = "", **options) -> Embedder:
     Hub repo id (``owner/name``; fetched into the Hub cache, ``HF_HUB_OFFLINE=1`` honoured).
 
     Options: ``layout`` ("release" | "time_major", default from the model's config), ``device``
-    ("auto" | "cpu" | "cuda[:i]"), ``dtype`` ("auto" | "float32" | "bfloat16" | "float16"),
-    ``batch_size`` (2-s chunks per encoder call), ``compile`` (default: on CUDA). With an empty
-    path, ``preset="tiny"`` (etc.) gives a randomly initialised model, for plumbing tests only.
+    ("auto" | "cpu" | "cuda[:i]"), ``dtype`` ("auto" | "float32" | "bfloat16" | "float16" |
+    "int8"; auto: bf16 on CUDA and on CPUs with native bf16 matmul, else float32; the model's
+    ``precision`` says which runs), ``batch_size`` (2-s chunks per encoder call), ``compile``
+    (default: on CUDA), ``fused`` (oneDNN-fused CPU encoder, default on). With an empty path,
+    ``preset="tiny"`` (etc.) gives a randomly initialised model, for plumbing tests only.
     """
-    allowed = {"layout", "device", "dtype", "batch_size", "compile", "preset", "seed"}
+    allowed = {"layout", "device", "dtype", "batch_size", "compile", "fused", "preset", "seed"}
     unknown = set(options) - allowed
     if unknown:
         raise TypeError(
             f"load_model: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
         )
-    kw = {k: options[k] for k in ("device", "dtype", "batch_size", "compile") if k in options}
+    names = ("device", "dtype", "batch_size", "compile", "fused")
+    kw = {k: options[k] for k in names if k in options}
     if model_file_path:
         return Embedder.from_dir(model_file_path, layout=options.get("layout"), **kw)
     if "preset" not in options:

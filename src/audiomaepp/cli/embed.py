@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..embedding.extractor import CPU_BATCH, CUDA_BATCH
+from ..embedding.precision import PRECISIONS
+from ..frontend import SAMPLE_RATE
+
 log = logging.getLogger("audiomaepp.embed")
 
 
@@ -39,10 +43,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="2-s chunks per encoder call (default 64 on CPU, 256 on CUDA)",
+        help=f"2-s chunks per encoder call (default {CPU_BATCH} on CPU, {CUDA_BATCH} on CUDA)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *PRECISIONS],
+        help="encoder precision; auto: bf16 on CUDA and on CPUs with native bf16 matmul "
+        "(AMX, AVX512-BF16), else float32; int8: dynamic quantisation of the linears (CPU)",
+    )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="torch (oneDNN-fused on CPU) or ONNX Runtime (CPU; float32, or int8 with --dtype int8)",
+    )
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.set_defaults(func=run)
 
@@ -66,8 +82,13 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         layout=args.layout,
-        dtype=args.dtype,
+        dtype=args.dtype if args.backend == "torch" else "float32",
     )
+    if args.backend == "onnxruntime":
+        from ..export.onnx import use_onnxruntime
+
+        use_onnxruntime(embedder, "int8" if args.dtype == "int8" else "float32")
+    log.info("embedding with %s", embedder.describe())
     scene = np.lib.format.open_memmap(
         out / "scene.npy",
         mode="w+",
@@ -96,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 out / "timestamps" / f"{item.row:08d}.npz",
                 embeddings=item.embedding,
                 timestamps=stamps,
+                **{k: np.array(str(v)) for k, v in embedder.describe().items()},
             )
         else:
             scene[item.row] = item.embedding
@@ -109,13 +131,15 @@ def run(args: argparse.Namespace) -> int:
 def _write_index(
     out: Path, files: list[Path], samples: dict[int, int], skipped: list, embedder
 ) -> None:
+    from ..embedding.precision import cpu_features
+
     with open(out / "index.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["row", "status", "seconds", "steps", "path"])
         for row, path in enumerate(files):
             n = samples.get(row)
             status, seconds, steps = (
-                ("ok", n / 16000, embedder.plan(n).num_steps) if n else ("skipped", 0.0, 0)
+                ("ok", n / SAMPLE_RATE, embedder.plan(n).num_steps) if n else ("skipped", 0.0, 0)
             )
             w.writerow([row, status, f"{seconds:.3f}", steps, str(path)])
     with open(out / "skipped.csv", "w", newline="") as f:
@@ -123,8 +147,8 @@ def _write_index(
         w.writerow(["row", "reason"])
         w.writerows(sorted(skipped))
     meta = {
-        "model": embedder.name,
-        "layout": embedder.layout,
+        **embedder.describe(),  # model, layout, precision and backend that ran, device
+        "cpu": cpu_features().model,
         "embedding_size": embedder.scene_embedding_size,
         "files": len(files),
         "embedded": len(samples),

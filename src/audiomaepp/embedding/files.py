@@ -2,7 +2,11 @@
 
 Files are decoded in worker processes (:func:`audiomaepp.workers.imap_files`: in input order, a
 bounded number in flight, a file that fails to decode or kills its worker is reported and the job
-goes on) while this process runs the encoder on the clips decoded so far.
+goes on) while this process runs the encoder on the clips decoded so far. A file longer than
+``LONG_FILE_SECONDS`` is not decoded whole: its worker hands back a
+:class:`~audiomaepp.embedding.stream.FileSource` and this process streams it in two passes (the
+first, :meth:`Embedder.prepare`, reads it through once, so a file that turns out to be bad fails
+alone), in memory that does not grow with its length.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import load_audio
+from ..audio import duration_s, load_audio
+from ..errors import AudioMAEError
 from ..workers import WorkFailed, imap_files
+from .stream import FileSource
 
 __all__ = ["FileEmbedding", "decode_file", "embed_files"]
 
 GROUP = 64  # clips per ``embed`` call for embedders without streaming (the log-mel baseline)
+LONG_FILE_SECONDS = 120.0  # longer files are streamed; shorter ones (2 min: 7.7 MB) decode whole
 
 
 @dataclass
@@ -32,8 +39,11 @@ class FileEmbedding:
     error: str = ""
 
 
-def decode_file(path: str | Path) -> np.ndarray:
-    """Worker function: a file -> mono float32 16 kHz samples ``(N,)`` (module level: picklable)."""
+def decode_file(path: str | Path) -> np.ndarray | FileSource:
+    """Worker function: a file -> mono float32 16 kHz samples ``(N,)``, or a :class:`FileSource`
+    for a file longer than ``LONG_FILE_SECONDS`` (module level: picklable)."""
+    if (duration_s(path) or 0.0) > LONG_FILE_SECONDS:  # unreadable header: decode reports it
+        return FileSource(Path(path))
     return load_audio(path)
 
 
@@ -62,12 +72,22 @@ def embed_files(
         for row, result in imap_files(decode_file, paths, workers):
             if on_decoded is not None:
                 on_decoded(row)
+            if isinstance(result, FileSource):
+                try:  # pass 1 here: a bad long file fails alone, before it joins a batch
+                    result = prepare(result)
+                except AudioMAEError as exc:
+                    result = WorkFailed(f"{type(exc).__name__}: {exc}")
             if isinstance(result, WorkFailed):
                 failed[row] = result.message
                 continue
             decoded_rows.append(row)
-            samples[row] = len(result)
+            samples[row] = result.num_samples if hasattr(result, "num_samples") else len(result)
             yield result
+
+    def prepare(source: FileSource):
+        if hasattr(embedder, "prepare"):
+            return embedder.prepare(source)
+        return load_audio(source.path)  # an embedder that takes whole arrays only
 
     def failures_before(row: int) -> Iterator[FileEmbedding]:
         for r in sorted(r for r in failed if r < row):

@@ -2,8 +2,9 @@
 
 Layout: ``<cache_dir>/<slug(embedder.cache_key)>/<slug(task name)>/<split>.npy`` (float32
 ``(n, d)``, rows in ``Task.files(split)`` order) next to ``<split>.json`` (cache key, task, split,
-shape and a fingerprint of the split's audio files: names, sizes, modification times). A cache
-entry is used only when key and fingerprint match, so edited audio or another model re-embeds.
+shape, what ran (precision, backend) and a fingerprint of the split's audio files: names, sizes,
+modification times). A cache entry is used only when key and fingerprint match, so edited audio,
+another model or another precision (the key names it: ``...-bfloat16``) re-embeds.
 
 Embeddings are computed by the one embedding loop, :func:`audiomaepp.embedding.embed_files`
 (decoding, optionally in worker processes, and batched encoding). Every listed file must load: a
@@ -148,6 +149,8 @@ def embed_split(
     meta = {
         "cache_key": embedder.cache_key,
         "embedder": embedder.name,
+        # what ran (precision, backend, ...); the precision is also part of the cache key
+        **({"ran": embedder.describe()} if hasattr(embedder, "describe") else {}),
         "task": task.name,
         "task_dir": str(task.path.resolve()),
         "split": split,

@@ -89,6 +89,7 @@ def make_embedder(
     batch_size: int | None = None,
     seed: int = 0,
     layout: str | None = None,
+    dtype: str = "auto",
 ) -> ClipEmbedder:
     """Build an embedder from a model spec (:func:`audiomaepp.model.spec.parse_model_spec`).
 
@@ -97,6 +98,9 @@ def make_embedder(
       the random-init encoder baseline.
     - a model directory or Hub repo id: ``Embedder.from_dir(path, device=..., batch_size=...,
       layout=...)``. ``batch_size`` / ``layout`` are passed only when given.
+
+    ``dtype``: the encoder's precision (``auto``: bf16 on CUDA and on CPUs with native bf16
+    matmul, else float32); it is part of the embedder's ``cache_key``.
     """
     try:
         parsed = parse_model_spec(spec, baselines=BASELINES)
@@ -107,6 +111,8 @@ def make_embedder(
     from ..embedding import Embedder  # lazy: the log-mel baseline needs no model code
 
     kwargs: dict[str, Any] = {"device": str(resolve_device(device))}
+    if dtype != "auto":  # the Embedder's own default is auto
+        kwargs["dtype"] = dtype
     if batch_size:
         kwargs["batch_size"] = batch_size
     if parsed.kind == "random":

@@ -13,6 +13,7 @@ to run it).
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -24,7 +25,14 @@ from ..embedding.layout import CHUNK_FRAMES
 from ..frontend import STD_EPS
 from ..frontend.logmel import LOG_EPS
 
-__all__ = ["WaveformEmbedder", "export_onnx", "check_onnx", "MIN_SAMPLES"]
+__all__ = [
+    "WaveformEmbedder",
+    "export_onnx",
+    "check_onnx",
+    "export_encoder_onnx",
+    "use_onnxruntime",
+    "MIN_SAMPLES",
+]
 
 MIN_SAMPLES = 401  # reflect padding needs more than half a window (the Embedder pads shorter clips)
 OPSET = 18  # STFT-free graph; 18 is what the dynamo exporter targets well
@@ -160,3 +168,60 @@ def check_onnx(
         if not np.allclose(stamps, ref_stamps.cpu().numpy(), rtol=0, atol=1e-2):  # ms
             raise RuntimeError(f"{path}: timestamps differ from PyTorch's for a {sec} s clip")
     return worst
+
+
+# ---- ONNX Runtime as the encoder backend of an Embedder ---------------------------------------------
+def export_encoder_onnx(embedder: Embedder, out: str | Path) -> Path:
+    """Export the encoder alone: ``chunks`` ``(batch, 1, 200, 80)`` -> ``tokens`` ``(batch, 1 + L,
+    D)`` float32 (batch dynamic). The :class:`Embedder` keeps its own front end and batching."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    encoder = copy.deepcopy(embedder.encoder).to("cpu").float().eval()
+    frames, mels = embedder.config.img_size
+    example = torch.randn(2, embedder.config.in_chans, frames, mels)
+    with torch.no_grad():
+        torch.onnx.export(
+            encoder,
+            (example,),
+            str(out),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["chunks"],
+            output_names=["tokens"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=65536)}},
+        )
+    return out
+
+
+def use_onnxruntime(
+    embedder: Embedder, precision: str = "float32", workdir: str | Path | None = None
+) -> Path:
+    """Make ``embedder`` run its encoder in ONNX Runtime (CPU): ``float32``, or ``int8`` (ONNX
+    Runtime's dynamic quantisation of the MatMuls, per-channel weights). Returns the model file
+    (in ``workdir``, default a temporary folder kept for the life of the process)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    if precision not in ("float32", "int8"):
+        raise ValueError(f"onnxruntime backend: precision float32 or int8, got {precision!r}")
+    folder = Path(workdir or tempfile.mkdtemp(prefix="audiomaepp-ort-"))
+    path = export_encoder_onnx(embedder, folder / "encoder.onnx")
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantized = folder / "encoder.int8.onnx"
+        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
+        path = quantized
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same cores torch would use
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def encode(chunks: torch.Tensor) -> torch.Tensor:
+        arr = chunks.detach().to("cpu", torch.float32).contiguous().numpy()
+        (tokens,) = session.run(["tokens"], {"chunks": arr})
+        return torch.from_numpy(tokens).to(chunks.device)
+
+    embedder.use_backend("onnxruntime", precision, encode)
+    return path
