@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..embedding.precision import PRECISIONS
+
 log = logging.getLogger("audiomaepp.predict")
 
 
@@ -38,16 +40,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="2-s windows per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *PRECISIONS],
+        help="encoder precision; auto: bf16 on CUDA and on CPUs with native bf16 matmul (AMX, "
+        "AVX512-BF16), else float32; int8: dynamic quantisation of the linears (CPU)",
+    )
+    p.add_argument(
         "--workers", type=int, default=2, help="decoding processes (<= 1: in this process)"
     )
     p.set_defaults(func=run)
 
 
-def decode_logmel(path: Path) -> np.ndarray:
-    """A file -> its standardised log-mel ``(T, 80)`` float32 (module-level: runs in workers)."""
-    from ..audio import load_audio
+def decode_logmel(path: Path):
+    """A file -> its standardised log-mel ``(T, 80)`` float32, or a
+    :class:`~audiomaepp.embedding.stream.FileSource` for a file longer than
+    ``LONG_FILE_SECONDS``, which the main process streams (module-level: runs in workers)."""
+    from ..audio import audio_seconds, load_audio
+    from ..embedding.files import LONG_FILE_SECONDS
+    from ..embedding.stream import FileSource
     from ..finetune.data import clip_logmel
 
+    if audio_seconds(path) > LONG_FILE_SECONDS:
+        return FileSource(Path(path))
     return clip_logmel(load_audio(path)).numpy()
 
 
@@ -72,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..audio import find_audio_files
     from ..devices import resolve_device
+    from ..embedding.stream import FileSource
     from ..errors import AudioMAEError
     from ..finetune import AudioClassifier
     from ..finetune.data import clip_windows
-    from ..frontend import INPUT_FRAMES, FrontendConfig
+    from ..frontend import INPUT_FRAMES, FrontendConfig, num_frames
     from ..workers import WorkFailed, imap_files
 
     files = find_audio_files(args.inputs)
@@ -106,34 +122,45 @@ def run(args: argparse.Namespace) -> int:
         pending: list[tuple[Path, torch.Tensor, int]] = []
 
         def flush() -> None:
-            scores = clf.window_scores([w for _, w, _ in pending], args.batch_size)
+            scores = clf.window_scores([w for _, w, _ in pending], args.batch_size, args.dtype)
             for (path, _, frames), seg in zip(pending, scores, strict=True):
-                pred = clf.prediction(seg, frames, args.threshold)
-                clip = np.array([pred.scores[lab] for lab in clf.labels])
-                seconds = frames / fps
-                writer.writerow(
-                    _row(str(path), "clip", 0.0, seconds, pred.labels, clip, clf.labels, k)
-                )
-                if args.segments:
-                    for i, (start, s) in enumerate(zip(pred.segment_starts, seg, strict=True)):
-                        top = (
-                            [clf.labels[int(s.argmax())]]
-                            if clf.config.prediction_type == "multiclass"
-                            else [
-                                lab
-                                for lab, v in zip(clf.labels, s, strict=True)
-                                if v >= args.threshold
-                            ]
-                        )
-                        end = min(start + window_s, max(seconds, window_s))
-                        writer.writerow(_row(str(path), str(i), start, end, top, s, clf.labels, k))
+                write(path, clf.prediction(seg, frames, args.threshold), seg, frames)
             pending.clear()
+
+        def write(path: Path, pred, seg: np.ndarray, frames: int) -> None:
+            clip = np.array([pred.scores[lab] for lab in clf.labels])
+            writer.writerow(
+                _row(str(path), "clip", 0.0, frames / fps, pred.labels, clip, clf.labels, k)
+            )
+            if args.segments:
+                for i, (start, s) in enumerate(zip(pred.segment_starts, seg, strict=True)):
+                    top = (
+                        [clf.labels[int(s.argmax())]]
+                        if clf.config.prediction_type == "multiclass"
+                        else [
+                            lab for lab, v in zip(clf.labels, s, strict=True) if v >= args.threshold
+                        ]
+                    )
+                    end = min(start + window_s, max(frames / fps, window_s))
+                    writer.writerow(_row(str(path), str(i), start, end, top, s, clf.labels, k))
 
         for index, result in imap_files(decode_logmel, files, args.workers):
             bar.update(1)
             if isinstance(result, WorkFailed):
                 skipped.append((str(files[index]), str(result)))
                 log.warning("skipped %s", result)
+                continue
+            if isinstance(result, FileSource):  # a long file: streamed here, in bounded memory
+                flush()
+                try:
+                    pred = clf.predict_stream(result, args.threshold, args.dtype, args.batch_size)
+                except AudioMAEError as exc:
+                    skipped.append((str(files[index]), f"{type(exc).__name__}: {exc}"))
+                    log.warning("skipped %s", exc)
+                    continue
+                frames = num_frames(result.num_samples)
+                write(files[index], pred, pred.segment_scores, frames)
+                done += 1
                 continue
             lms = torch.from_numpy(result)
             pending.append((files[index], clip_windows(lms), lms.shape[0]))

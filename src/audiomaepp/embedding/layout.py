@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-CHUNK_FRAMES = 200  # one encoder input
-HOP_MS = 10.0  # front-end hop
+from ..frontend import INPUT_FRAMES, SAMPLE_RATE, FrontendConfig
+
+CHUNK_FRAMES = INPUT_FRAMES  # one encoder input: 200 frames = 2 s
+HOP_MS = 1000.0 * FrontendConfig().hop_length / SAMPLE_RATE  # front-end hop: 10 ms
 LAYOUTS = ("release", "time_major")
 
 
@@ -35,7 +37,7 @@ class ChunkPlan:
 
     @property
     def duration_ms(self) -> float:
-        return 1000.0 * self.num_samples / 16000.0
+        return 1000.0 * self.num_samples / SAMPLE_RATE
 
     def timestamps(self) -> torch.Tensor:
         """``(num_steps,)`` float32 milliseconds."""
@@ -44,9 +46,7 @@ class ChunkPlan:
             ts = i * self.duration_ms / self.num_steps
         else:
             frames_per_step = CHUNK_FRAMES / self.steps_per_chunk  # 4 frames = 40 ms
-            ts = (
-                i * frames_per_step + (frames_per_step - 1) / 2
-            ) * HOP_MS  # centre of the 4 frames
+            ts = (i * frames_per_step + (frames_per_step - 1) / 2) * HOP_MS  # the 4 frames' centre
         return ts.float()
 
 
@@ -62,7 +62,7 @@ def plan_chunks(num_samples: int, frames: int, layout: str, steps_per_chunk: int
     else:
         num_chunks = math.ceil(frames / CHUNK_FRAMES)
         pad = num_chunks * CHUNK_FRAMES - frames
-        duration_ms = 1000.0 * num_samples / 16000.0
+        duration_ms = 1000.0 * num_samples / SAMPLE_RATE
         # keep the steps that hold real frames and whose centre lies inside the clip
         centre_last = (frames_per_step - 1) / 2 * HOP_MS
         inside = int((duration_ms - centre_last) // (frames_per_step * HOP_MS)) + 1

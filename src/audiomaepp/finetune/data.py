@@ -20,6 +20,7 @@ import logging
 import math
 import random
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from ..audio import load_audio
 from ..data.loader import worker_plan
 from ..errors import AudioMAEError
 from ..evaluation.tasks import Fold, TaskFormatError, read_task
-from ..frontend import INPUT_FRAMES, log_mel, standardize
+from ..frontend import INPUT_FRAMES, log_mel, num_frames, standardize
 from ..seeds import mix_seed
 from .augment import mix, mixup_weight, spec_augment
 
@@ -217,6 +218,43 @@ def clip_windows(lms: torch.Tensor) -> torch.Tensor:
     return torch.stack([lms[s : s + INPUT_FRAMES] for s in window_starts(lms.shape[0])]).unsqueeze(
         1
     )
+
+
+def stream_windows(source, per: int = 64) -> Iterator[tuple[torch.Tensor, int | None]]:
+    """The evaluation windows of a long clip (:func:`window_starts`), in memory that does not
+    grow with its length: ``(windows (c <= per + 1, 1, 200, 80), frames)`` batches, standardised
+    over the whole clip (:mod:`audiomaepp.embedding.stream`: statistics first, then the chunks);
+    ``frames`` is the clip's frame count, on every batch. ``source``: a
+    :class:`~audiomaepp.embedding.stream.SampleSource` (an array or a file read block by block).
+
+    Window ``k`` starts at frame ``200 k``, i.e. it is time-major chunk ``k``; a last partial
+    window of >= 1 s is the clip's last 200 frames (the end of chunk ``k - 1`` and the start of
+    the partial chunk ``k``); a clip of at most 200 frames is one zero-padded window."""
+    from ..embedding.stream import clip_stats, standardized_chunks
+    from ..frontend import LogMelFrontend
+
+    frontend = LogMelFrontend()
+
+    def chunks_for(num_samples: int) -> int:  # time-major chunks: ceil(frames / 200)
+        return -(-num_frames(num_samples, frontend.cfg.hop_length) // INPUT_FRAMES)
+
+    stats = clip_stats(source, frontend, chunks_for, per)
+    frames = stats.frames
+    full = frames // INPUT_FRAMES if frames > INPUT_FRAMES else 1  # windows at 200 k
+    tail = frames - full * INPUT_FRAMES if frames > INPUT_FRAMES else 0
+    done, previous = 0, None
+    for chunks in standardized_chunks(source, stats, frontend, chunks_for, per):
+        take = chunks[: max(0, full - done)]
+        windows = [take]
+        if tail >= MIN_TAIL_FRAMES and done <= full < done + len(chunks):  # the partial chunk
+            last_full = chunks[full - 1 - done] if full > done else previous
+            joined = torch.cat([last_full, chunks[full - done]])  # (400, 80)
+            windows.append(joined[tail : tail + INPUT_FRAMES][None])
+        previous = chunks[-1]
+        done += len(chunks)
+        batch = torch.cat(windows)
+        if len(batch):
+            yield batch.unsqueeze(1), frames
 
 
 def random_window(lms: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

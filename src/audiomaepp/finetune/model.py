@@ -25,12 +25,12 @@ from torch import nn
 
 from ..audio import to_mono_16k
 from ..errors import CheckpointError
-from ..frontend import FrontendConfig
+from ..frontend import INPUT_FRAMES, FrontendConfig
 from ..model import AudioMAE, AudioMAEConfig
 from ..model.io import CLASSIFIER_FORMAT, load_model_dir, save_pretrained
 from ..model.mae import Encoder, encoder_flops
 from ..model.spec import parse_model_spec
-from .data import clip_logmel, clip_windows, window_starts
+from .data import clip_logmel, clip_windows, stream_windows, window_starts
 
 LABELS_NAME = "labels.json"
 
@@ -215,11 +215,13 @@ class AudioClassifier(nn.Module):
     # ---- prediction -------------------------------------------------------------------------------
     @torch.no_grad()
     def window_scores(
-        self, windows: Sequence[torch.Tensor], batch_size: int = 64
+        self, windows: Sequence[torch.Tensor], batch_size: int = 64, dtype: str | None = None
     ) -> list[np.ndarray]:
         """Per-window probabilities ``(S_i, C)`` for each clip's windows ``(S_i, 1, 200, 80)``.
 
         Windows of all clips share batches of ``batch_size`` (many short clips keep a GPU busy).
+        ``dtype``: None runs the modules as they are (training's validation); ``auto`` or a
+        precision runs the encoder as ``embed`` does (:mod:`audiomaepp.embedding.precision`).
         """
         was_training = self.training
         self.eval()
@@ -228,15 +230,43 @@ class AudioClassifier(nn.Module):
             if not counts:
                 return []
             flat = torch.cat(list(windows))
+            logits = self._logits_fn(dtype, batch_size)
             probs = torch.cat(
                 [
-                    self.probabilities(self(flat[i : i + batch_size].to(self.device)).float()).cpu()
+                    self.probabilities(logits(flat[i : i + batch_size].to(self.device))).cpu()
                     for i in range(0, flat.shape[0], batch_size)
                 ]
             )
             return [p.numpy().astype(np.float64) for p in probs.split(counts)]
         finally:
             self.train(was_training)
+
+    def precision(self, dtype: str = "auto") -> str:
+        """The encoder precision ``dtype`` resolves to on this model's device."""
+        from ..embedding.precision import resolve_precision
+
+        return resolve_precision(dtype, self.device)
+
+    def _logits_fn(self, dtype: str | None, batch_size: int):
+        """Windows -> float32 logits: the modules, or the inference encoder in a precision (built
+        once per precision and device, on the weights as they are then)."""
+        if dtype is None:
+            return lambda x: self(x).float()
+        from ..embedding.cpu_encoder import chunk_encoder
+
+        key = (self.precision(dtype), self.device, batch_size)
+        cached = getattr(self, "_inference", None)
+        if cached is None or cached[0] != key:
+            cached = (key, chunk_encoder(self.encoder, key[0], batch_size))
+            self._inference = cached
+        encode = cached[1]
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            tokens = encode(x).float()  # (B, 1 + L, D)
+            pooled = tokens[:, 1:].mean(dim=1) if self.config.pooling == "mean" else tokens[:, 0]
+            return self.head(pooled).float()
+
+        return logits
 
     def prediction(
         self, segment_scores: np.ndarray, frames: int, threshold: float = 0.5
@@ -257,15 +287,41 @@ class AudioClassifier(nn.Module):
         )
 
     def predict(
-        self, wave: np.ndarray | torch.Tensor, sr: int, threshold: float = 0.5
+        self,
+        wave: np.ndarray | torch.Tensor,
+        sr: int,
+        threshold: float = 0.5,
+        dtype: str = "auto",
+        batch_size: int = 64,
     ) -> Prediction:
-        """Labels and scores of one clip: ``(N,)``, ``(N, C)`` or ``(C, N)`` (C <= 8) at rate ``sr``."""
+        """Labels and scores of one clip: ``(N,)``, ``(N, C)`` or ``(C, N)`` (C <= 8) at rate ``sr``.
+
+        ``dtype``: the encoder's precision (``auto``: bf16 on CUDA and on CPUs with native bf16
+        matmul, else float32). A clip longer than ``batch_size`` windows is streamed
+        (:func:`~audiomaepp.finetune.data.stream_windows`): memory does not grow with its length.
+        """
         audio = wave.detach().cpu().numpy() if torch.is_tensor(wave) else np.asarray(wave)
         if audio.ndim == 2 and audio.shape[0] <= 8 < audio.shape[1]:
             audio = audio.T  # (channels, samples) as torchaudio gives -> (samples, channels)
-        lms = clip_logmel(to_mono_16k(audio, sr))
-        scores = self.window_scores([clip_windows(lms)])[0]
+        mono = to_mono_16k(audio, sr)
+        if len(mono) > batch_size * INPUT_FRAMES * FrontendConfig().hop_length:  # > 1 batch
+            from ..embedding.stream import ArraySource
+
+            return self.predict_stream(ArraySource(mono), threshold, dtype, batch_size)
+        lms = clip_logmel(mono)
+        scores = self.window_scores([clip_windows(lms)], batch_size, dtype)[0]
         return self.prediction(scores, lms.shape[0], threshold)
+
+    def predict_stream(
+        self, source, threshold: float = 0.5, dtype: str = "auto", batch_size: int = 64
+    ) -> Prediction:
+        """:meth:`predict` for a :class:`~audiomaepp.embedding.stream.SampleSource` (an array, or a
+        file read block by block), in memory that does not grow with its length."""
+        parts, clip_frames = [], 0
+        for windows, frames in stream_windows(source, batch_size):
+            parts += self.window_scores([windows], batch_size, dtype)
+            clip_frames = frames
+        return self.prediction(np.concatenate(parts), clip_frames, threshold)
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
     def num_params(self) -> int:
