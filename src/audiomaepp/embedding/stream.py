@@ -37,6 +37,28 @@ __all__ = [
 ]
 
 BLOCK_SAMPLES = 1 << 16  # samples per slice of an in-memory clip (4 s at 16 kHz)
+STFT_CHUNKS = 16  # chunks per STFT call: ~5 MB of complex spectrum instead of 20 MB for 64
+
+
+def _libc_trim() -> Callable[[], object]:
+    """glibc's ``malloc_trim(0)``, or a no-op elsewhere.
+
+    Each piece allocates and frees the same ~20 MB of STFT temporaries; glibc then serves them
+    from its heap (its mmap threshold adapts upwards) and keeps up to ~100 MB of freed heap
+    resident (measured: RSS wandering 348-443 MB over a 20-minute file, a flat 323 MB with a trim
+    after each piece). Trimming once per piece of 64 chunks costs well under a millisecond."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return lambda: None
+    return lambda: trim(0)
+
+
+_release_free_memory = _libc_trim()
 
 
 class SampleSource(Protocol):
@@ -213,9 +235,13 @@ def _pieces(
             take, rest = flat[:per], flat[per:]
             pending, rows = ([rest] if len(rest) else []), len(rest)
             device = frontend.window.device
-            lms = frontend.frames(torch.from_numpy(take).to(device))  # (c, 200, 80)
+            segments = torch.from_numpy(take).to(device)
+            # STFT in groups of STFT_CHUNKS: its complex temporaries are 5x the log-mel's size
+            lms = torch.cat([frontend.frames(s) for s in segments.split(STFT_CHUNKS)])
             yield lms, first, last, seg
             first += len(take)
+            del lms
+            _release_free_memory()
     if not first:  # nothing at all (cannot happen for a non-empty clip)
         raise ValueError("empty audio source")
 
