@@ -58,14 +58,17 @@ def _read_cpuinfo(path: Path) -> tuple[list[str], str] | None:
     except OSError:
         return None
     flags: list[str] = []
-    model = ""
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
         if key == "flags" and not flags:
             flags = value.split()
-        elif key == "model name" and not model:
-            model = value.strip()
+        elif key in ("model name", "cpu family", "model") and key not in fields:
+            fields[key] = value.strip()
+    model = fields.get("model name", "")
+    if "cpu family" in fields:  # a VM may show only "AMD EPYC": family 26 is Zen 5, ...
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     return (flags, model) if flags else None
 
 
