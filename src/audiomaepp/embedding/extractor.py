@@ -120,12 +120,7 @@ class Embedder(nn.Module):
         self.config: AudioMAEConfig = model.config
         self.encoder = model.encoder.eval()  # the decoder is dropped with ``model``
         self.frontend = LogMelFrontend()
-        fcfg = self.frontend.cfg
-        if tuple(self.config.img_size) != (INPUT_FRAMES, fcfg.n_mels):
-            raise ValueError(
-                f"model input {tuple(self.config.img_size)} is not the front end's "
-                f"({INPUT_FRAMES} frames, {fcfg.n_mels} mels)"
-            )
+        fcfg = self.frontend.cfg  # the model's img_size is this geometry (AudioMAEConfig checks)
         self.layout = layout or self.config.token_layout
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown token layout {self.layout!r}; choose from {LAYOUTS}")

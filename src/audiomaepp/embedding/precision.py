@@ -4,10 +4,11 @@
 
 * CUDA: bf16 autocast (every GPU this runs on has bf16 tensor cores);
 * a CPU with native bf16 matmul (Intel AMX, or AVX512-BF16 as on Zen 4/5 and Cooper Lake and
-  later): ``bfloat16``: oneDNN's bf16 matmul runs 4-6x its fp32 one there;
-* any other CPU: ``float32``. int8 dynamic quantisation (VNNI) stays an explicit choice: with its
-  per-call activation quantisation and unfused elementwise work it lost to the fused fp32 path in
-  every measurement we made (``benchmarks/README.md``).
+  later): ``bfloat16``: there oneDNN's bf16 matmul ran 3-6x its fp32 one, and the bf16 encoder
+  ~1.8x the fused fp32 one (AMD EPYC Zen 5, 2 cores);
+* any other CPU: ``float32``. int8 dynamic quantisation (VNNI) stays an explicit choice: on the
+  Zen 5 machine it was no faster than bf16 at ~3x its error (2.8e-2 vs 9.8e-3), and no CPU
+  without bf16 units was available to measure whether it beats fp32 there.
 
 The CPU's features are read from ``/proc/cpuinfo`` (the kernel's view, which is what a VM really
 offers) and, where that file does not exist, from torch's own CPU queries; never from the model
