@@ -50,7 +50,7 @@ def relative_errors(embedders: dict, task_dirs: list[Path], cache: Path) -> dict
     out: dict[str, dict[str, float]] = {}
     for task_dir in task_dirs:
         task = read_task(task_dir)
-        splits = task.split_names()
+        splits = task.split_names
         ref = np.concatenate([embed_split(embedders["float32"], task, s, cache) for s in splits])
         for path, emb in embedders.items():
             got = np.concatenate([embed_split(emb, task, s, cache) for s in splits])
