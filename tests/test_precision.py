@@ -168,7 +168,7 @@ def test_onnxruntime_backend_matches_torch():
 def test_a_long_file_streams_to_the_same_embedding(tmp_path):
     """A 44.1 kHz stereo file decoded block by block (resampled on the fly) and streamed in two
     passes equals the whole file decoded and embedded at once."""
-    from audiomaepp.audio import load_audio, stream_audio
+    from audiomaepp.audio import load_audio
     from audiomaepp.embedding import embed_files
     from audiomaepp.embedding import files as files_module
 
@@ -176,7 +176,7 @@ def test_a_long_file_streams_to_the_same_embedding(tmp_path):
     path = tmp_path / "long.flac"
     sf.write(path, (rng.standard_normal((44100 * 23, 2)) * 0.1).astype(np.float32), 44100)
     whole = load_audio(path)
-    np.testing.assert_array_equal(np.concatenate(list(stream_audio(path, 1.3))), whole)
+    np.testing.assert_array_equal(np.concatenate(list(FileSource(path).blocks())), whole)
     emb = Embedder.random_init(
         "tiny", device="cpu", dtype="float32", batch_size=3, embed_dim=32, num_heads=2
     )

@@ -56,12 +56,12 @@ def decode_logmel(path: Path):
     """A file -> its standardised log-mel ``(T, 80)`` float32, or a
     :class:`~audiomaepp.embedding.stream.FileSource` for a file longer than
     ``LONG_FILE_SECONDS``, which the main process streams (module-level: runs in workers)."""
-    from ..audio import audio_seconds, load_audio
+    from ..audio import duration_s, load_audio
     from ..embedding.files import LONG_FILE_SECONDS
     from ..embedding.stream import FileSource
     from ..finetune.data import clip_logmel
 
-    if audio_seconds(path) > LONG_FILE_SECONDS:
+    if (duration_s(path) or 0.0) > LONG_FILE_SECONDS:
         return FileSource(Path(path))
     return clip_logmel(load_audio(path)).numpy()
 

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 BLOCK_SAMPLES = 1 << 16  # samples per slice of an in-memory clip (4 s at 16 kHz)
+FILE_BLOCK_SECONDS = 4.0  # decoded per read of a streamed file
 STFT_CHUNKS = 16  # chunks per STFT call: ~5 MB of complex spectrum instead of 20 MB for 64
 
 
