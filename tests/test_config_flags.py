@@ -128,7 +128,8 @@ def test_help_shows_each_recipes_own_default_and_reason():
     for name in ("epochs", "batch_size", "blr"):
         pre, fine = help_of("pretrain", name), help_of("finetune", name)
         assert f"[default: {getattr(LoopConfig(), name)}]" in pre
-        assert f"[default: {getattr(FinetuneLoop(), name)}]" in fine
+        ft_default = getattr(FinetuneLoop(), name)  # None: left to the fine-tuning recipe
+        assert f"[default: {'none' if ft_default is None else ft_default}]" in fine
         assert reason(loop[name]) in pre and reason(ft_loop[name]) in fine
         assert pre != fine  # fine-tuning's recipe states its own default and reason
     assert help_of("pretrain", "device") == help_of("finetune", "device")  # one shared field
@@ -185,6 +186,8 @@ def test_flat_json_of_the_previous_version_reads_into_the_nested_config(cls, fix
     added = {k: v for k, v in now.items() if k not in flat}
     # fine-tuning gained the loop fields it used to leave at TrainConfig's defaults
     implicit = {k: getattr(LoopConfig(), k) for k in ("eps", "peak_tflops", "warmup_steps")}
+    heads = ("head", "head_hidden", "head_dropout", "head_init_std", "head_lr_scale", "recipe")
+    implicit |= {k: getattr(FinetuneConfig(), k) for k in heads}  # the head and recipe fields
     assert added == ({} if cls is TrainConfig else implicit)
     assert cls.from_dict(cfg.to_dict()) == cfg == cls.from_dict(json.loads(cfg.to_json()))
     assert type(cfg.loop) is (LoopConfig if cls is TrainConfig else FinetuneLoop)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 
 from audiomaepp import AudioMAE
 from audiomaepp.cli.main import main
@@ -251,7 +252,9 @@ def test_frozen_mode_equals_a_probe_trained_on_the_same_features(tones, tmp_path
         epochs=steps,
         warmup_epochs=2.0,
         lr=5e-2,
-    )
+        pooling="bands",
+        head="linear",  # not the MLP: its pre-BatchNorm bias has no gradient but rounding,
+    )  # which Adam turns into lr-sized steps, so its weights could not be compared
     result = finetune(cfg)
     trained = AudioClassifier.from_pretrained(
         tmp_path / "frozen" / "model"
@@ -261,6 +264,8 @@ def test_frozen_mode_equals_a_probe_trained_on_the_same_features(tones, tmp_path
         cfg.model,
         load_task(tones).labels,
         "multiclass",
+        pooling="bands",
+        head="linear",
         linear_probe=True,
         seed=cfg.loop.seed,
         overrides=MICRO,
@@ -272,7 +277,10 @@ def test_frozen_mode_equals_a_probe_trained_on_the_same_features(tones, tmp_path
     with torch.no_grad():
         feats = start.eval().features(
             torch.cat(
-                [clip_windows(clip_logmel(sf.read(p, dtype="float32")[0])) for p in split.paths]
+                [  # float16-rounded log-mels, as the training stream's cache keeps them
+                    clip_windows(clip_logmel(sf.read(p, dtype="float32")[0]).half().float())
+                    for p in split.paths
+                ]
             )
         )
     head = start.head
@@ -286,12 +294,11 @@ def test_frozen_mode_equals_a_probe_trained_on_the_same_features(tones, tmp_path
         eps=1e-8,
     )
     y = torch.from_numpy(split.targets)
-    smooth = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / y.shape[1]
     warmup = round(steps * cfg.loop.warmup_epochs / cfg.loop.epochs)
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.loop.lr, warmup, steps, cfg.loop.min_lr)
-        loss = -(smooth * head(feats).log_softmax(-1)).sum(-1).mean()
+        loss = F.cross_entropy(head(feats), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -490,14 +497,83 @@ def test_predict_long_short_stereo_44k_and_corrupt_files(tmp_path, capsys):
     )  # nothing readable: failure exit, still no crash
 
 
+def test_recipe_scales_with_the_training_set_and_keeps_what_the_user_set():
+    import math
+
+    from audiomaepp.finetune.recipe import resolve
+
+    base = FinetuneConfig.from_dict(dict(model="m", task="t", batch_size=32))
+    small, large = resolve(base, 180), resolve(base, 200_000)
+    assert (small.recipe, resolve(base, 5_000).recipe, large.recipe) == ("small", "medium", "large")
+    assert small.loop.epochs * math.ceil(180 / 32) >= 300  # a 180-clip set still gets 300 steps
+    assert large.loop.epochs == 50 and large.mixup == 0.5 and large.freq_mask == 30  # MAE's AS
+    assert small.mixup == 0.0 and small.freq_mask < large.freq_mask
+    assert small.head_lr_scale > large.head_lr_scale == 1.0
+    assert 0 < small.loop.warmup_epochs < small.loop.epochs / 5
+    mine = resolve(base.replace(epochs=7, mixup=0.3, head_lr_scale=2.0, recipe="large"), 180)
+    assert (mine.loop.epochs, mine.mixup, mine.head_lr_scale, mine.recipe) == (7, 0.3, 2.0, "large")
+    frozen = resolve(base.replace(linear_probe=True), 180)
+    assert frozen.loop.peak_lr() > small.loop.peak_lr() and frozen.head_lr_scale == 1.0
+    assert resolve(small, 200_000) == small  # resolved once: the recipe is named, nothing left
+    with pytest.raises(ValueError, match="recipe"):
+        FinetuneConfig(recipe="huge")
+
+
+@pytest.mark.parametrize("layout", ["time_major", "release"])
+def test_bands_pooling_is_the_probes_scene_embedding(layout):
+    """On a 2-s clip the ``bands`` features are the scene embedding the MLP probe sees."""
+    from audiomaepp.embedding import Embedder
+    from audiomaepp.model import AudioMAEConfig
+
+    torch.manual_seed(0)
+    mae = AudioMAE(AudioMAEConfig.preset("tiny", **MICRO, token_layout=layout)).eval()
+    clf = AudioClassifier.from_encoder(mae, ["a", "b"], "multiclass", pooling="bands").eval()
+    wave = tone(np.random.default_rng(1), ["mid"], seconds=31_999 / SR)  # 200 log-mel frames
+    with torch.no_grad():
+        feats = clf.features(clip_windows(clip_logmel(wave)))
+    scene = Embedder(mae, dtype="float32").scene_embeddings(torch.from_numpy(wave)[None])
+    assert feats.shape == scene.shape == (1, 5 * MICRO["embed_dim"])
+    assert torch.allclose(feats, scene, atol=1e-5)
+    # the band layout matters: mean pooling over all tokens is the mean of the five parts
+    mean = AudioClassifier.from_encoder(mae, ["a", "b"], "multiclass", pooling="mean").eval()
+    with torch.no_grad():
+        pooled = mean.features(clip_windows(clip_logmel(wave)))
+    assert torch.allclose(pooled, feats.reshape(1, 5, -1).mean(1), atol=1e-5)
+
+
+def test_mlp_head_is_the_probes_mlp():
+    """The ``mlp`` head starts as the probe's MLP of the same seed and computes the same logits."""
+    from audiomaepp.evaluation.probe import init_weights, predict
+
+    clf = build_classifier(
+        "random:tiny",
+        ["a", "b", "c"],
+        "multiclass",
+        overrides=MICRO,
+        pooling="bands",
+        head="mlp",
+        head_hidden=16,
+        seed=3,
+    ).eval()
+    w = init_weights(5 * MICRO["embed_dim"], 3, 16, torch.Generator().manual_seed(3))
+    feats = torch.randn(4, 5 * MICRO["embed_dim"])
+    with torch.no_grad():
+        ours = clf.head(feats).softmax(-1).numpy()
+    np.testing.assert_allclose(ours, predict(w, feats, "multiclass"), atol=1e-5)
+
+
 def test_loss_is_soft_cross_entropy_with_smoothing():
     clf = build_classifier("random:tiny", ["a", "b", "c"], "multiclass", overrides=MICRO)
     loss = ClassifierLoss(clf, 0.1)
     x = torch.randn(2, 1, 200, 80)
     y = torch.tensor([[1.0, 0, 0], [0.3, 0.7, 0]])
     logits = clf(x)
-    target = y * 0.9 + 0.1 / 3
-    assert torch.allclose(loss(x, y), -(target * logits.log_softmax(-1)).sum(-1).mean(), atol=1e-6)
+    # torch's own soft-target cross-entropy with smoothing is the independent oracle
+    want = F.cross_entropy(logits, y, label_smoothing=0.1)
+    assert torch.allclose(loss(x, y), want, atol=1e-6)
+    hard = torch.tensor([[0.0, 0, 1], [0, 1, 0]])  # one-hot targets: the class-index form agrees
+    index_form = F.cross_entropy(logits, torch.tensor([2, 1]), label_smoothing=0.1)
+    assert torch.allclose(loss(x, hard), index_form, atol=1e-6)
 
 
 def test_evaluate_mode_finetune_and_probe_share_one_report(tones, tmp_path, capsys):
@@ -600,9 +676,10 @@ def test_torchrun_two_ranks_match_one_process(tones, tmp_path):
 
     assert '"world_size": 2' in (tmp_path / "two" / "plan.json").read_text()
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
-    a = AudioClassifier.from_pretrained(tmp_path / "one" / "model").head.fc.weight
-    b = AudioClassifier.from_pretrained(tmp_path / "two" / "model").head.fc.weight
-    assert torch.allclose(a, b, atol=1e-4)
+    a = AudioClassifier.from_pretrained(tmp_path / "one" / "model").head
+    b = AudioClassifier.from_pretrained(tmp_path / "two" / "model").head
+    for layer in ("fc1", "fc2"):  # not BatchNorm's running statistics: DDP keeps rank 0's
+        assert torch.allclose(getattr(a, layer).weight, getattr(b, layer).weight, atol=1e-4)
 
 
 _LAGGING_RANK_SCRIPT = r"""
@@ -728,3 +805,78 @@ def test_loader_workers_and_resume_position_do_not_change_the_stream(tones):
     assert one.shape[0] == 24
     assert torch.equal(stream(2), one)
     assert torch.equal(stream(2, start=8), one[8:])
+
+
+def _signal_at_first_loss(proc, run: Path, log: Path, signum: int) -> int:
+    """Send ``signum`` once ``run`` has logged a loss line; the step checkpointed by the stop."""
+    import time
+
+    from audiomaepp.training import list_checkpoints, read_metrics
+
+    from .conftest import wait
+
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() or not any("loss" in r for r in read_metrics(run)):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    assert wait(proc, log, 120) == 0, log.read_text()[-3000:]
+    (ckpt,) = list_checkpoints(run)
+    return json.loads((ckpt / "state.json").read_text())["step"]
+
+
+def _first_step_after(run: Path) -> int:
+    """The first loss line logged by the last call that trained ``run`` (``result.json``)."""
+    history = json.loads((run / "result.json").read_text())["history"]
+    return next(r["step"] for r in history if "loss" in r)
+
+
+def test_sigterm_ends_the_whole_kfold_job_and_resume_continues_it(tmp_path):
+    """Today a stop checkpoints fold00 and starts fold01; it must end the job there instead."""
+    import signal
+
+    from .conftest import start
+
+    task = write_task(tmp_path / "kf", {f"fold0{i}": 6 for i in range(3)}, mode="new_split_kfold")
+    run = tmp_path / "run"
+    flags = ["finetune", "--model", "random:tiny", "--task", str(task), "--out", str(run)]
+    flags += ["--max-steps", "150", "--batch-size", "4", "--eval-every", "150"]
+    flags += ["--num-workers", "0", "--log-every", "1", "--no-progress"]
+    flags += [x for k, v in MICRO.items() for x in ("--model-set", f"{k}={v}")]
+    log = tmp_path / "log.txt"
+    proc = start([sys.executable, "-m", "audiomaepp.cli.main", *flags], log, OMP_NUM_THREADS="1")
+    fold0 = run / "folds" / "fold00"
+    stopped = _signal_at_first_loss(proc, fold0, log, signal.SIGTERM)
+    assert 1 <= stopped < 150
+    assert not (run / "folds" / "fold01").exists(), "the next fold was started after the stop"
+    assert not (run / "report.json").exists()
+    assert main([*flags, "--resume", "auto"]) == 0
+    assert _first_step_after(fold0) == stopped + 1  # continued, not restarted
+    report = json.loads((run / "report.json").read_text())
+    assert len(report["folds"]) == 3
+
+
+def test_sigint_ends_evaluate_mode_finetune_before_the_next_seed(tones, tmp_path):
+    import signal
+
+    from .conftest import start
+
+    torch.manual_seed(0)
+    AudioMAE(micro_config()).save_pretrained(tmp_path / "enc")
+    ft = {"max_steps": 150, "eval_every": 150, "batch_size": 4, "num_workers": 0, "log_every": 1}
+    (tmp_path / "ft.json").write_text(json.dumps(ft))
+    out = tmp_path / "eval"
+    flags = ["evaluate", "--tasks", str(tones), "--models", str(tmp_path / "enc"), "--out"]
+    flags += [str(out), "--mode", "finetune", "--seeds", "2", "--ft-config"]
+    flags += [str(tmp_path / "ft.json"), "--quiet"]
+    log = tmp_path / "log.txt"
+    proc = start([sys.executable, "-m", "audiomaepp.cli.main", *flags], log, OMP_NUM_THREADS="1")
+    seeds = out / "finetune_runs" / "enc" / "tones"
+    stopped = _signal_at_first_loss(proc, seeds / "seed0", log, signal.SIGINT)
+    assert 1 <= stopped < 150
+    assert not (seeds / "seed1").exists(), "the next seed was started after the stop"
+    assert main(flags) == 0  # evaluate resumes its fine-tunes by default
+    assert _first_step_after(seeds / "seed0") == stopped + 1
+    assert (seeds / "seed1" / "test.json").is_file()
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["results"]["enc"]["tones"]["runs"]) == 2, doc["results"]

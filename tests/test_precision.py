@@ -251,3 +251,20 @@ def test_embed_cli_records_precision_and_backend(tmp_path):
         assert meta["precision"] == want and meta["backend"].startswith("torch") and meta["cpu"]
         npz = np.load(out / "timestamps" / "00000000.npz")
         assert str(npz["precision"]) == want
+
+
+@pytest.mark.parametrize("pooling", ["bands", "mean", "cls"])
+def test_predict_in_float32_pools_as_the_trained_classifier(pooling):
+    """The inference encoder (``dtype`` given) and the modules (``dtype=None``, as validation
+    runs) give the same window scores for every pooling and the MLP head."""
+    from audiomaepp.finetune import AudioClassifier
+
+    torch.manual_seed(0)
+    clf = AudioClassifier.from_encoder(
+        AudioMAE(micro_config()), ["a", "b", "c"], "multiclass", pooling=pooling, head="mlp"
+    )
+    windows = [torch.randn(3, 1, 200, 80), torch.randn(2, 1, 200, 80)]
+    modules = clf.window_scores(windows, batch_size=4, dtype=None)
+    inference = clf.window_scores(windows, batch_size=4, dtype="float32")
+    for a, b in zip(modules, inference, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5)

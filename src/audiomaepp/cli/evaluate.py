@@ -164,7 +164,7 @@ def _run_modes(args: argparse.Namespace, device: str, cache: str | None) -> int:
     """``--mode finetune`` / ``linear`` (and ``probe`` alongside): one report over every mode."""
     from ..evaluation import markdown_table
     from ..finetune import FinetuneConfig
-    from ..finetune.evaluate import run_modes
+    from ..finetune.evaluate import EvaluationStopped, run_modes
 
     try:
         ft = FinetuneConfig.from_json(args.ft_config) if args.ft_config else FinetuneConfig()
@@ -184,6 +184,9 @@ def _run_modes(args: argparse.Namespace, device: str, cache: str | None) -> int:
             probe_kwargs={"cache_dir": cache, **_probe_overrides(args, device)},
             progress=not args.quiet,
         )
+    except EvaluationStopped as exc:
+        log.info("evaluate: %s", exc)
+        return 0
     except (AudioMAEError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """``audiomaepp finetune --model MODEL_DIR|OWNER/NAME|random:PRESET --task TASK --out RUN``.
 
-Settings: :class:`audiomaepp.finetune.FinetuneConfig` defaults (MAE's fine-tuning recipe,
-AudioMAE's audio augmentations), then ``--config FILE`` (JSON), then the flags given.
+Settings: :class:`audiomaepp.finetune.FinetuneConfig` defaults (fields left at None take the
+recipe's, :mod:`audiomaepp.finetune.recipe`), then ``--config FILE`` (JSON), then the flags given.
 """
 
 from __future__ import annotations
@@ -18,15 +18,20 @@ Fine-tune a pretrained encoder (or a random-init one) with a classification head
 task folder (train/valid/test or k-fold: every fold is run and the mean reported) or a CSV manifest
 (header path,labels[,split]; labels ';'-separated; multilabel when a row has several).
 
-Recipe defaults: AdamW (betas 0.9/0.999, weight decay 0.05), blr 1e-3 x batch/256, layer-wise lr
-decay 0.75, 5 warm-up epochs + cosine to 1e-6, drop path 0.1, label smoothing 0.1, mixup 0.5
-(Beta(10,10)), SpecAugment (30 bins, 40 frames), random 2-s crops; clip scores average all 2-s
-windows. --linear-probe freezes the encoder. Several GPUs: python -m torch.distributed.run
---nproc-per-node 8 -m audiomaepp.cli.main finetune ...
+Head: the probe's MLP on the band-wise time means of the encoder tokens (the scene embedding's
+layout). Recipe (--recipe auto picks by training-set size, see audiomaepp.finetune.recipe):
+small (< 1 000 clips): >= 300 steps, 10 % warm-up, head lr 10x, no mixup, SpecAugment 8 bins /
+20 frames; medium: MAE's schedule, mixup 0.25; large (AudioSet): MAE's recipe (50 epochs, mixup
+0.5, SpecAugment 30 bins / 40 frames). Always: AdamW (0.9/0.999, weight decay 0.05), blr 1e-3 x
+batch/256 (1e-2 with --linear-probe, which freezes the encoder), layer-wise lr decay 0.75, cosine
+to 1e-6, drop path 0.1, label smoothing 0.1, random 2-s crops; clip scores average all 2-s
+windows. Several GPUs: python -m torch.distributed.run --nproc-per-node 8 -m audiomaepp.cli.main
+finetune ...
 
 RUN gets report.md / report.json / per_class.png and, per fold, checkpoints/, metrics.jsonl,
 best/ (the classifier with the best validation score: AudioClassifier.from_pretrained(RUN/best)),
-model/ (last step) and test.json. SIGTERM / Ctrl-C checkpoint and exit 0; --resume auto continues.
+model/ (last step) and test.json. SIGTERM / Ctrl-C checkpoint the running fold and end the job
+(exit 0); --resume auto continues from there.
 """
 
 

@@ -25,6 +25,7 @@ from ..evaluation.runner import run_evaluation
 from ..evaluation.stats import normalized_scores
 from ..evaluation.tasks import read_tasks
 from ..model.spec import parse_model_spec
+from ..training.faults import StopRequest
 from .config import FinetuneConfig
 from .data import load_task
 from .trainer import finetune
@@ -36,6 +37,11 @@ MODES = (
     "finetune",
     "linear",
 )  # MLP probe on frozen embeddings; full fine-tuning; frozen encoder + head
+
+
+class EvaluationStopped(Exception):
+    """A stop signal ended ``evaluate --mode finetune`` after the running fine-tune checkpointed;
+    the same command (``--resume auto`` is the default here) continues where it stopped."""
 
 
 def _slug(text: str) -> str:
@@ -64,10 +70,12 @@ def finetune_task(
             out_dir=str(work_dir / _slug(name) / _slug(task.name) / f"seed{seed}"),
             resume=base.loop.resume or "auto",
         )
-        result = finetune(cfg, task)
-        if not result.finished:
-            raise RuntimeError(
-                f"fine-tuning {name} on {task.name} (seed {seed}) stopped early; rerun to resume"
+        with StopRequest() as stop:  # marked by the fine-tune's own request, or between seeds
+            result = finetune(cfg, task)
+        if not result.finished or stop.requested:
+            raise EvaluationStopped(
+                f"fine-tuning {name} on {task.name} (seed {seed}) stopped; "
+                f"rerun the same command to resume (runs in {work_dir})"
             )
         runs.append(
             [

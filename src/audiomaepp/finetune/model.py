@@ -1,9 +1,18 @@
 """The fine-tuned model: a pretrained AudioMAE encoder plus a classification head.
 
 ``AudioClassifier`` = :class:`audiomaepp.model.mae.Encoder` (weights copied exactly from an
-:class:`AudioMAE`; the decoder is dropped) + :class:`ClassifierHead` on the mean of the 250 patch
-tokens (MAE's ``global_pool``, with its LayerNorm) or on the cls token. A saved classifier is a
-directory: ``model.safetensors`` + ``config.json`` + ``labels.json``::
+:class:`AudioMAE`; the decoder is dropped) + :class:`ClassifierHead` on pooled tokens:
+
+* ``bands``: the 250 patch tokens grouped into 50 steps of 5 bands by the model's token layout
+  and averaged over the steps, ``(B, 5 D)`` -- for a 2-s input exactly the scene embedding the
+  MLP probe sees (spec §7: band means for ``time_major``, the release's grouping for ``release``);
+* ``mean``: the mean of the patch tokens, ``(B, D)`` (MAE's ``global_pool``);
+* ``cls``: the cls token, ``(B, D)``.
+
+The head is ``linear`` (LayerNorm + Linear; no LayerNorm on ``cls``, which the encoder's final
+norm already normalised) or ``mlp``, the probe's ``Linear -> BatchNorm1d -> Dropout -> ReLU ->
+Linear`` with its xavier-normal init (:func:`audiomaepp.evaluation.probe.init_weights`). A saved
+classifier is a directory: ``model.safetensors`` + ``config.json`` + ``labels.json``::
 
     clf = AudioClassifier.from_pretrained("runs/ft/best")
     pred = clf.predict(wave, sr)        # any rate, mono or multi-channel, any length
@@ -24,7 +33,9 @@ import torch
 from torch import nn
 
 from ..audio import to_mono_16k
+from ..embedding.layout import group_tokens
 from ..errors import CheckpointError
+from ..evaluation.probe import init_weights
 from ..frontend import INPUT_FRAMES, FrontendConfig
 from ..model import AudioMAE, AudioMAEConfig
 from ..model.io import CLASSIFIER_FORMAT, load_model_dir, save_pretrained
@@ -32,6 +43,8 @@ from ..model.mae import Encoder, encoder_flops
 from ..model.spec import parse_model_spec
 from .data import clip_logmel, clip_windows, stream_windows, window_starts
 
+POOLINGS = ("bands", "mean", "cls")
+HEADS = ("linear", "mlp")
 LABELS_NAME = "labels.json"
 
 
@@ -42,14 +55,32 @@ class ClassifierConfig:
     encoder: AudioMAEConfig
     num_classes: int
     prediction_type: str = "multiclass"  # softmax + cross-entropy, or sigmoid + BCE ("multilabel")
-    pooling: str = "mean"  # "mean" of patch tokens (MAE's global_pool) or "cls"
+    pooling: str = "mean"  # "bands", "mean" or "cls" (module docstring); mean: what old files hold
     linear_probe: bool = False  # encoder frozen (and kept in eval mode)
     drop_path: float = 0.0  # stochastic depth of the last encoder block while training
+    head: str = "linear"  # "linear" or "mlp" (the probe's); linear: what old files hold
+    head_hidden: int = 1024  # mlp: hidden units (the probe's hidden_dim)
+    head_dropout: float = 0.1  # mlp: dropout after the BatchNorm (the probe grid's 0.1)
+    head_init_std: float | None = None  # linear: weight std; None: 0.01 frozen, 2e-5 else (MAE)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"ClassifierConfig.pooling={self.pooling!r}; choose from {POOLINGS}")
+        if self.head not in HEADS:
+            raise ValueError(f"ClassifierConfig.head={self.head!r}; choose from {HEADS}")
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled features the head sees: ``5 D`` for ``bands``, else ``D``."""
+        d = self.encoder.embed_dim
+        return d * self.encoder.grid_size[1] if self.pooling == "bands" else d
 
     @property
     def num_patches(self) -> int:
-        """Patches per 2-s input (the trainer sizes its per-sample noise with it)."""
-        return self.encoder.num_patches
+        """Columns of the trainer's per-sample noise ``(B, num_patches)``: ``depth`` for drop
+        path, then ``head_hidden`` for the MLP head's dropout (at least the 250 patches)."""
+        used = self.encoder.depth + (self.head_hidden if self.head == "mlp" else 0)
+        return max(self.encoder.num_patches, used)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -64,17 +95,50 @@ class ClassifierConfig:
 
 
 class ClassifierHead(nn.Module):
-    """``(B, D)`` pooled features -> ``(B, C)`` logits: LayerNorm (mean pooling only) + Linear."""
+    """``(B, F)`` pooled features -> ``(B, C)`` logits.
 
-    def __init__(self, dim: int, num_classes: int, pooling: str, init_std: float) -> None:
+    ``linear``: LayerNorm (not on ``cls``) + Linear, weight ``N(0, init_std)`` truncated, bias 0
+    (MAE). ``mlp``: the probe's Linear-BatchNorm-Dropout-ReLU-Linear, initialised as the probe
+    initialises it from a generator seeded with ``seed``.
+    """
+
+    def __init__(self, cfg: ClassifierConfig, seed: int = 0) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6) if pooling == "mean" else nn.Identity()
-        self.fc = nn.Linear(dim, num_classes)
-        nn.init.trunc_normal_(self.fc.weight, std=init_std)
-        nn.init.zeros_(self.fc.bias)
+        dim, num_classes = cfg.feature_dim, cfg.num_classes
+        self.kind = cfg.head
+        if cfg.head == "linear":
+            self.norm = nn.LayerNorm(dim, eps=1e-6) if cfg.pooling != "cls" else nn.Identity()
+            self.fc = nn.Linear(dim, num_classes)
+            std = cfg.head_init_std
+            if std is None:
+                std = 0.01 if cfg.linear_probe else 2e-5  # MAE: linear probing / fine-tuning
+            nn.init.trunc_normal_(self.fc.weight, std=std)
+            nn.init.zeros_(self.fc.bias)
+            return
+        self.fc1 = nn.Linear(dim, cfg.head_hidden)
+        self.bn = nn.BatchNorm1d(cfg.head_hidden)
+        self.drop = nn.Dropout(cfg.head_dropout)
+        self.fc2 = nn.Linear(cfg.head_hidden, num_classes)
+        w = init_weights(dim, num_classes, cfg.head_hidden, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            self.fc1.weight.copy_(w.w1.t())
+            self.fc1.bias.copy_(w.b1)
+            self.fc2.weight.copy_(w.w2.t())
+            self.fc2.bias.copy_(w.b2)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(feats))
+    def forward(self, feats: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noise`` ``(B, >= hidden)`` uniforms: the MLP's dropout keeps unit ``j`` of sample
+        ``b`` when ``noise[b, j] >= p`` (the trainer's per-step noise, so a resumed run drops what
+        the uninterrupted run dropped); without it dropout draws from the torch RNG."""
+        if self.kind == "linear":
+            return self.fc(self.norm(feats))
+        h = self.bn(self.fc1(feats))  # (B, H)
+        p = self.drop.p
+        if self.training and p > 0 and noise is not None:
+            h = h * ((noise[:, : h.shape[1]] >= p).to(h.dtype) / (1.0 - p))
+        else:
+            h = self.drop(h)
+        return self.fc2(h.relu())
 
 
 @dataclass
@@ -96,7 +160,9 @@ class Prediction:
 class AudioClassifier(nn.Module):
     """Encoder + head; ``forward`` takes standardised log-mel windows ``(B, 1, 200, 80)`` -> logits."""
 
-    def __init__(self, config: ClassifierConfig, labels: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, config: ClassifierConfig, labels: Sequence[str] | None = None, seed: int = 0
+    ) -> None:
         super().__init__()
         self.config = config
         self.labels = (
@@ -107,12 +173,7 @@ class AudioClassifier(nn.Module):
         if len(self.labels) != config.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {config.num_classes} classes")
         self.encoder = Encoder(config.encoder)
-        init_std = (
-            0.01 if config.linear_probe else 2e-5
-        )  # MAE: 0.01 for linear probing, 2e-5 fine-tuning
-        self.head = ClassifierHead(
-            config.encoder.embed_dim, config.num_classes, config.pooling, init_std
-        )
+        self.head = ClassifierHead(config, seed)
         if config.linear_probe:
             self.encoder.requires_grad_(False)
         self._drop_noise: torch.Tensor | None = (
@@ -133,12 +194,17 @@ class AudioClassifier(nn.Module):
         pooling: str = "mean",
         linear_probe: bool = False,
         drop_path: float = 0.0,
+        seed: int = 0,
+        **head: Any,
     ) -> AudioClassifier:
-        """A new head on ``mae``'s encoder; the encoder weights are copied exactly (strict)."""
+        """A new head on ``mae``'s encoder; the encoder weights are copied exactly (strict).
+
+        ``head``: the :class:`ClassifierConfig` head fields (``head``, ``head_hidden``, ...).
+        """
         cfg = ClassifierConfig(
-            mae.config, len(labels), prediction_type, pooling, linear_probe, drop_path
+            mae.config, len(labels), prediction_type, pooling, linear_probe, drop_path, **head
         )
-        clf = cls(cfg, labels)
+        clf = cls(cfg, labels, seed)
         clf.encoder.load_state_dict(mae.encoder.state_dict(), strict=True)
         return clf.to(next(mae.parameters()).device)
 
@@ -178,7 +244,8 @@ class AudioClassifier(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled encoder features ``(B, D)`` of log-mel windows ``(B, 1, 200, 80)``."""
+        """Pooled encoder features ``(B, F)`` of log-mel windows ``(B, 1, 200, 80)`` (``F``:
+        :attr:`ClassifierConfig.feature_dim`)."""
         want = (self.config.encoder.in_chans, *self.config.encoder.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(
@@ -186,17 +253,27 @@ class AudioClassifier(nn.Module):
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.linear_probe):
             tokens = self.encoder.run(self.encoder.embed(x))  # (B, 1 + L, D)
-        return tokens[:, 1:].mean(dim=1) if self.config.pooling == "mean" else tokens[:, 0]
+        return self.pool(tokens)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens ``(B, 1 + L, D)`` -> the head's input ``(B, F)`` by ``pooling``."""
+        if self.config.pooling == "cls":
+            return tokens[:, 0]
+        if self.config.pooling == "mean":
+            return tokens[:, 1:].mean(dim=1)
+        enc = self.config.encoder  # bands: (B, 250, D) -> steps (B, 50, 5 D) -> time mean
+        return group_tokens(tokens[:, 1:], enc.token_layout, enc.grid_size[1]).mean(dim=1)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(B, C)``; ``noise`` ``(B, >= depth)`` uniforms drive drop path when training."""
-        if noise is not None and noise.shape[1] < len(self.encoder.blocks):
-            raise ValueError(
-                f"drop-path noise needs >= {len(self.encoder.blocks)} columns, got {noise.shape[1]}"
-            )
+        """Logits ``(B, C)``; ``noise`` ``(B, >= num_patches)`` uniforms drive drop path and the
+        MLP head's dropout when training (:attr:`ClassifierConfig.num_patches`)."""
+        need = self.config.num_patches
+        if noise is not None and noise.shape[1] < need:
+            raise ValueError(f"training noise needs >= {need} columns, got {noise.shape[1]}")
         self._drop_noise = noise
         try:
-            return self.head(self.features(x))
+            depth = len(self.encoder.blocks)
+            return self.head(self.features(x), None if noise is None else noise[:, depth:])
         finally:
             self._drop_noise = None
 
@@ -262,9 +339,7 @@ class AudioClassifier(nn.Module):
         encode = cached[1]
 
         def logits(x: torch.Tensor) -> torch.Tensor:
-            tokens = encode(x).float()  # (B, 1 + L, D)
-            pooled = tokens[:, 1:].mean(dim=1) if self.config.pooling == "mean" else tokens[:, 0]
-            return self.head(pooled).float()
+            return self.head(self.pool(encode(x).float())).float()  # tokens (B, 1 + L, D)
 
         return logits
 
@@ -374,12 +449,14 @@ def build_classifier(
     drop_path: float = 0.0,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
+    **head: Any,
 ) -> AudioClassifier:
     """``model``: a model spec (:func:`~audiomaepp.model.spec.parse_model_spec`): a model directory
     (``save_pretrained`` / ``convert-release`` output), a Hub repo id, or ``random:<preset>`` (a
     random-init encoder, seeded, the 'no pretraining' baseline).
 
     The head is initialised from ``seed`` after the encoder, so the same seed gives the same model.
+    ``head``: the :class:`ClassifierConfig` head fields (``head="mlp"``, ``head_hidden``, ...).
     """
     spec = parse_model_spec(model)
     if spec.kind == "random":
@@ -389,5 +466,5 @@ def build_classifier(
         mae = AudioMAE.from_pretrained(spec.target)
     torch.manual_seed(seed)  # the head's init depends on the seed and the encoder's shape only
     return AudioClassifier.from_encoder(
-        mae, labels, prediction_type, pooling, linear_probe, drop_path
+        mae, labels, prediction_type, pooling, linear_probe, drop_path, seed, **head
     )

@@ -55,10 +55,12 @@ class FinetuneResult:
     config: FinetuneConfig
     folds: list[FoldResult]
     out_dir: Path
+    planned: int | None = None  # folds asked for; fewer ran when a stop signal ended the job
 
     @property
     def finished(self) -> bool:
-        return all(f.finished for f in self.folds)
+        complete = self.planned is None or len(self.folds) == self.planned
+        return complete and all(f.finished for f in self.folds)
 
     @property
     def mean(self) -> dict[str, float]:

@@ -26,7 +26,8 @@ from ..evaluation.tasks import Fold
 from ..fileio import atomic_write_bytes, json_safe
 from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
-from ..training.distributed import DistEnv, process_group
+from ..training.distributed import DistEnv, any_rank, process_group
+from ..training.faults import StopRequest
 from ..training.trainer import Trainer
 from .config import FinetuneConfig
 from .data import (
@@ -38,12 +39,14 @@ from .data import (
     sampling_weights,
 )
 from .model import AudioClassifier, build_classifier
+from .recipe import resolve
 from .report import write_report
 from .results import BEST_DIR, FinetuneResult, FoldResult
 
 log = logging.getLogger(__name__)
 
 TEST_FILE = "test.json"
+RECIPE_FILE = "finetune_config.json"
 
 
 # ---- loss and optimiser groups ---------------------------------------------------------------------------
@@ -82,9 +85,10 @@ def layer_id(name: str, depth: int) -> int:
 
 
 def layer_decay_groups(
-    model: AudioClassifier, weight_decay: float, layer_decay: float
+    model: AudioClassifier, weight_decay: float, layer_decay: float, head_lr_scale: float = 1.0
 ) -> list[dict[str, Any]]:
-    """AdamW groups by (layer, decay or not), each with ``lr_scale = layer_decay ** (depth + 1 - layer)``."""
+    """AdamW groups by (layer, decay or not), each with ``lr_scale = layer_decay ** (depth + 1 -
+    layer)``; the head's parameters (a layer of their own) get ``head_lr_scale``."""
     from ..training.optim import no_decay
 
     depth = model.config.encoder.depth
@@ -93,13 +97,15 @@ def layer_decay_groups(
         if not p.requires_grad:
             continue  # frozen: the position table, the release's unused LN3, a linear probe's encoder
         lid, plain = layer_id(name, depth), no_decay(name, p)
+        head = name.startswith("head.")
+        lid = depth + 2 if head else lid
         g = groups.setdefault(
             (lid, plain),
             {
                 "params": [],
                 "names": [],
                 "weight_decay": 0.0 if plain else weight_decay,
-                "lr_scale": layer_decay ** (depth + 1 - lid),
+                "lr_scale": head_lr_scale if head else layer_decay ** (depth + 1 - lid),
             },
         )
         g["params"].append(p)
@@ -174,7 +180,9 @@ class FinetuneTrainer(Trainer):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Layer-decay groups, handed to the loop's one AdamW (``training.optim.adamw``)."""
-        return layer_decay_groups(self.model, self.loop.weight_decay, self.ft.layer_decay)
+        return layer_decay_groups(
+            self.model, self.loop.weight_decay, self.ft.layer_decay, self.ft.head_lr_scale
+        )
 
     def make_loss_module(self) -> nn.Module:
         return ClassifierLoss(self.model, self.ft.label_smoothing)
@@ -246,6 +254,7 @@ def run_fold(
 ) -> FoldResult:
     """Fine-tune on ``fold.train``, select on ``fold.valid``, test the best on ``fold.test``."""
     train = task.train_split(fold)
+    ft = resolve(ft, len(train))  # the recipe's values for the fields left at None
     samples = epoch_samples(ft, len(train), env.world_size)
     steps_per_epoch = samples // ft.loop.batch_size
     eval_every = ft.eval_every or steps_per_epoch
@@ -260,6 +269,10 @@ def run_fold(
         drop_path=ft.drop_path,
         seed=ft.loop.seed,
         overrides=ft.model_overrides,
+        head=ft.head,
+        head_hidden=ft.head_hidden,
+        head_dropout=ft.head_dropout,
+        head_init_std=ft.head_init_std,
     )
     augment = CropAugment(ft.freq_mask, ft.time_mask, ft.mixup, ft.mixup_alpha)
     dataset = LabelledCropDataset(
@@ -275,6 +288,9 @@ def run_fold(
     trainer = FinetuneTrainer(
         cfg, env, dataset, model, ft, task, task.splits[fold.valid], eval_every
     )
+    if env.is_main:  # the resolved recipe, beside the loop's train_config.json
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / RECIPE_FILE, ft.to_json().encode())
     trainer.restore()  # rank 0 picks the checkpoint; all ranks load it and agree on the step
     result = trainer.run()
     out = FoldResult(
@@ -344,12 +360,14 @@ def finetune(ft: FinetuneConfig, task: FinetuneTask | None = None) -> FinetuneRe
             f"--folds {ft.folds}: none of the task's test folds {[f.test for f in task.folds]}"
         )
     out = Path(ft.out_dir)
+    results: list[FoldResult] = []
     with process_group(ft.loop.device, ft.loop.dist_timeout_s) as env:
-        results = [
-            run_fold(ft, task, f, d, env)
-            for f, d in zip(folds, fold_dirs(task, out, folds), strict=True)
-        ]
-    result = FinetuneResult(task, ft, results, out)
+        with StopRequest() as stop:  # a signal during one fold's training also marks this one
+            for f, d in zip(folds, fold_dirs(task, out, folds), strict=True):
+                results.append(run_fold(ft, task, f, d, env))
+                if any_rank(stop.requested or not results[-1].finished, env):
+                    break  # checkpointed: --resume auto continues here, not with the next fold
+    result = FinetuneResult(task, ft, results, out, planned=len(folds))
     if env.is_main and result.finished:
         write_report(result)
     return result

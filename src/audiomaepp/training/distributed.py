@@ -113,6 +113,15 @@ def barrier(env: DistEnv) -> None:
         dist.barrier(group=env.control_group)
 
 
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """True on every rank when ``flag`` is true on any (a blocking MAX on the control group)."""
+    if not env.distributed:
+        return flag
+    buf = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=env.control_group)
+    return bool(buf.item())
+
+
 class FlagAgreement:
     """All ranks agree on a host-side flag (e.g. "a signal arrived") without stalling the GPU.
 

@@ -4,6 +4,9 @@
   boundary (then it checkpoints and exits 0). A second SIGINT aborts at once. DataLoader workers
   forked while it is installed inherit a handler that ignores the signal, so a Ctrl-C or a
   SIGTERM sent to the whole process group does not kill them under the main process's feet.
+  Requests nest: a job that runs several trainings (fine-tuning folds and seeds) holds its own
+  :class:`StopRequest`, and a signal caught by the running training's request marks the job's
+  too, so the job ends after that training has checkpointed instead of starting the next one.
 """
 
 from __future__ import annotations
@@ -47,10 +50,17 @@ class StopRequest:
             return  # a forked DataLoader worker inherited the handler: keep serving batches
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: give up on the clean stop
-        self.requested, self.signum = True, signum
+        self._mark(signum)
         name = signal.Signals(signum).name
         # os.write, not logging: a signal handler must not take the logging lock.
         os.write(
             2,
             f"\n{name} received: checkpointing at the next step boundary, then exiting\n".encode(),
         )
+
+    def _mark(self, signum: int) -> None:
+        """Set this request and every enclosing one (whose handler this one replaced)."""
+        self.requested, self.signum = True, signum
+        outer = getattr(self._previous.get(signum), "__self__", None)
+        if isinstance(outer, StopRequest) and outer is not self:
+            outer._mark(signum)
