@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..embedding.extractor import CPU_BATCH, CUDA_BATCH
-from ..embedding.precision import PRECISIONS
 from ..frontend import SAMPLE_RATE
+from .options import add_dtype_flag
 
 log = logging.getLogger("audiomaepp.embed")
 
@@ -46,13 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"2-s chunks per encoder call (default {CPU_BATCH} on CPU, {CUDA_BATCH} on CUDA)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", *PRECISIONS],
-        help="encoder precision; auto: bf16 on CUDA and on CPUs with native bf16 matmul "
-        "(AMX, AVX512-BF16), else float32; int8: dynamic quantisation of the linears (CPU)",
-    )
+    add_dtype_flag(p)
     p.add_argument(
         "--backend",
         default="torch",

@@ -15,6 +15,7 @@ import logging
 import sys
 
 from ..errors import AudioMAEError
+from .options import add_dtype_flag
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="token layout for model directories (default: each model's own)",
     )
     p.add_argument("--init-seed", type=int, default=0, help="seed of random:<preset> encoders")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16", "int8"],
-        help="encoder precision for embedding (auto: bf16 on CUDA and on CPUs with native bf16 "
-        "matmul, else float32); part of the embedding cache key",
-    )
+    add_dtype_flag(p, also="part of the embedding cache key")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--mode",

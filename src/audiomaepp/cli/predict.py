@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..embedding.precision import PRECISIONS
+from .options import add_dtype_flag
 
 log = logging.getLogger("audiomaepp.predict")
 
@@ -39,13 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=64, help="2-s windows per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", *PRECISIONS],
-        help="encoder precision; auto: bf16 on CUDA and on CPUs with native bf16 matmul (AMX, "
-        "AVX512-BF16), else float32; int8: dynamic quantisation of the linears (CPU)",
-    )
+    add_dtype_flag(p)
     p.add_argument(
         "--workers", type=int, default=2, help="decoding processes (<= 1: in this process)"
     )
