@@ -14,7 +14,8 @@ from audiomaepp.frontend import log_mel, num_frames, standardize
 def reference_steps(model, wav: torch.Tensor, layout: str) -> torch.Tensor:
     """Timestamp embeddings ``(S, 5 D)`` of one clip ``(N,)``, the slow obvious way (the
     extractor as it was before batching): whole-clip log-mel, whole-clip standardisation
-    (unbiased std), zero padding to whole chunks, the full model's ``encode``, token grouping, trim."""
+    (unbiased std), zero padding to whole chunks, the full model's ``encode``, token grouping,
+    trim."""
     lms = standardize(log_mel(wav[None]), unbiased=True)[0, 0]  # (T, 80)
     plan = plan_chunks(wav.numel(), num_frames(wav.numel()), layout)
     lms = torch.nn.functional.pad(lms, (0, 0, 0, plan.pad_frames))

@@ -41,7 +41,8 @@ def test_onnx_export_matches_pytorch(converted_dir, tmp_path, layout):
 
 
 def test_exported_step_counts_follow_the_chunk_plans():
-    """The graph's integer step count (symbolic in the length) equals plan_chunks for every length."""
+    """The graph's integer step count (symbolic in the length) equals plan_chunks for every
+    length."""
     from audiomaepp.embedding import plan_chunks
     from audiomaepp.export.onnx import MIN_SAMPLES, WaveformEmbedder
     from audiomaepp.frontend import num_frames
@@ -59,7 +60,7 @@ def test_exported_step_counts_follow_the_chunk_plans():
             torch.testing.assert_close(stamps, plan.timestamps(), rtol=0, atol=1e-3)
 
 
-# ---- Hugging Face Hub -------------------------------------------------------------------------------
+# ---- Hugging Face Hub ----------------------------------------------------------------------------
 def _cache_repo(cache: Path, repo_id: str, folder: Path, number: int = 0) -> str:
     """Put ``folder`` in a local Hub cache as huggingface_hub lays out a downloaded snapshot."""
     commit = f"{number:040d}"
@@ -107,7 +108,8 @@ import json, sys, torch
 from audiomaepp import AudioMAE, hear
 model = AudioMAE.from_pretrained("someone/audiomaepp-micro")
 x = torch.linspace(-1, 1, 200 * 80).reshape(1, 1, 200, 80)
-emb = hear.load_model("someone/audiomaepp-micro", device="cpu", dtype="float32", layout="time_major")
+emb = hear.load_model("someone/audiomaepp-micro", device="cpu", dtype="float32",
+                      layout="time_major")
 wav = torch.sin(torch.arange(16000 * 2) * 0.01)[None] * 0.1
 print(json.dumps({"tokens": model.encode(x)[0, :3, :4].tolist(),
                   "scene": hear.get_scene_embeddings(wav, emb)[0, :6].tolist()}))

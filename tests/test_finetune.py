@@ -92,7 +92,8 @@ def write_task(
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """One torch thread: on a CPU shared with other jobs, two threads spin-wait and run ~10x slower."""
+    """One torch thread: on a CPU shared with other jobs, two threads spin-wait and run ~10x
+    slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -125,7 +126,7 @@ def quick(task: Path, out: Path, **changes) -> FinetuneConfig:
     return FinetuneConfig.from_dict({**base, **changes})
 
 
-# ---- recipe pieces ------------------------------------------------------------------------------------------
+# ---- recipe pieces -------------------------------------------------------------------------------
 def test_window_starts_cover_the_clip_without_padding_windows():
     assert window_starts(50) == [0]  # short: one zero-padded window
     assert window_starts(201) == [0]  # a 1-frame tail is dropped
@@ -205,7 +206,7 @@ def test_classifier_directory_round_trip_and_refusals(tmp_path):
         AudioClassifier.from_pretrained(tmp_path / "enc")
 
 
-# ---- training ---------------------------------------------------------------------------------------------------
+# ---- training ------------------------------------------------------------------------------------
 def test_finetune_beats_chance_and_writes_a_loadable_classifier(tones, tmp_path):
     result = finetune(quick(tones, tmp_path / "run", max_steps=48))
     assert result.finished
@@ -430,7 +431,7 @@ def test_finetune_cli(tones, tmp_path, capsys):
     assert rc == 2
 
 
-# ---- predict -------------------------------------------------------------------------------------------------------
+# ---- predict -------------------------------------------------------------------------------------
 def test_predict_long_short_stereo_44k_and_corrupt_files(tmp_path, capsys):
     clf = build_classifier("random:tiny", list(FREQS), "multiclass", overrides=MICRO)
     clf.save_pretrained(tmp_path / "clf")

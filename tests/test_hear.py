@@ -1,4 +1,5 @@
-"""HEAR API: the official validator, release-layout parity, the corrected layout, batching, errors."""
+"""HEAR API: the official validator, release-layout parity, the corrected layout, batching,
+errors."""
 
 from __future__ import annotations
 
@@ -187,7 +188,8 @@ def test_official_hear_validator(micro_dir, tmp_path):
         if os.environ.get("CI"):
             pytest.fail("hearvalidator is not installed; the test command installs it")
         pytest.skip(
-            "hearvalidator not installed (pip install --ignore-requires-python --no-deps hearvalidator==2021.0.6)"
+            "hearvalidator not installed (pip install --ignore-requires-python --no-deps "
+            "hearvalidator==2021.0.6)"
         )
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(STUBS), os.environ.get("PYTHONPATH", "")])

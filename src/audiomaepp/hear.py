@@ -41,7 +41,8 @@ def load_model(model_file_path: str = "", **options) -> Embedder:
         return Embedder.from_dir(model_file_path, layout=options.get("layout"), **kw)
     if "preset" not in options:
         raise ValueError(
-            "load_model: pass a model directory (made by save_pretrained or `audiomaepp convert-release`); "
+            "load_model: pass a model directory (made by save_pretrained or "
+            "`audiomaepp convert-release`); "
             "no weights ship with the package. Use preset=NAME for a random-init model."
         )
     layout = {"token_layout": options["layout"]} if "layout" in options else {}

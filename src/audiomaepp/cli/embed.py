@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--backend",
         default="torch",
         choices=["torch", "onnxruntime"],
-        help="torch (oneDNN-fused on CPU) or ONNX Runtime (CPU; float32, or int8 with --dtype int8)",
+        help="torch (oneDNN-fused on CPU) or ONNX Runtime (CPU; float32, or int8 with --dtype"
+        " int8)",
     )
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.set_defaults(func=run)

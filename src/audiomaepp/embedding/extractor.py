@@ -201,7 +201,7 @@ class Embedder(nn.Module):
         )
         return emb.to(resolve_device(device))
 
-    # ---- what runs ----------------------------------------------------------------------------------
+    # ---- what runs -------------------------------------------------------------------------------
     @property
     def precision(self) -> str:
         """The number format the encoder runs in here (``dtype`` with ``auto`` resolved)."""
@@ -297,13 +297,14 @@ class Embedder(nn.Module):
     def _chunks_for(self, num_samples: int) -> int:
         return self.plan(num_samples).num_chunks
 
-    # ---- front end: clips -> standardised chunks -------------------------------------------------------
+    # ---- front end: clips -> standardised chunks -------------------------------------------------
     def segments(self, wav: torch.Tensor, num_chunks: int) -> torch.Tensor:
         """One clip ``(N,)`` -> the samples under each chunk's 200 frames, ``(C, 32 240)``.
 
-        Frame ``j`` of the centred STFT covers samples ``[160 j - 200, 160 j + 200)``, so chunk ``k``
-        (frames ``200 k ...``) needs ``[32 000 k - 200, 32 000 k + 32 040)``. Reflect padding at the
-        clip's edges is the STFT's own; samples past the end are zeros (their frames are dropped).
+        Frame ``j`` of the centred STFT covers samples ``[160 j - 200, 160 j + 200)``, so chunk
+        ``k`` (frames ``200 k ...``) needs ``[32 000 k - 200, 32 000 k + 32 040)``. Reflect padding
+        at the clip's edges is the STFT's own; samples past the end are zeros (their frames are
+        dropped).
         """
         half = self.frontend.cfg.n_fft // 2
         if wav.numel() <= half:  # reflect padding needs more than half a window (as the front end)
@@ -412,7 +413,7 @@ class Embedder(nn.Module):
         owners = [c for c in group for _ in range(c.plan.num_chunks)]
         return _Piece(group, chunks, owners)
 
-    # ---- encoder ----------------------------------------------------------------------------------------
+    # ---- encoder ---------------------------------------------------------------------------------
     def _use_fused(self) -> bool:
         return uses_fused(self.device, self.precision, self.fused, self.compile)
 
@@ -433,7 +434,7 @@ class Embedder(nn.Module):
         tokens = self._chunk_encoder()(chunks)[:, 1:]  # cls dropped: (b, 250, D)
         return group_tokens(tokens.float(), self.layout, self.num_bands)
 
-    # ---- the loop --------------------------------------------------------------------------------------
+    # ---- the loop --------------------------------------------------------------------------------
     def _run(
         self, clips: Iterable, want_steps: bool, to_host: bool
     ) -> Iterator[tuple[int, torch.Tensor]]:

@@ -113,7 +113,8 @@ def embed_files(
 def _grouped(
     embed: Callable[[list[np.ndarray]], np.ndarray], clips: Iterable[np.ndarray]
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """``(position, vector)`` from an ``embed(list) -> (n, d)`` function called on groups of clips."""
+    """``(position, vector)`` from an ``embed(list) -> (n, d)`` function called on groups of
+    clips."""
     group: list[np.ndarray] = []
     done = 0
     for clip in clips:

@@ -2,8 +2,9 @@
 
 The graph takes ``waveform`` ``(batch, samples)`` float32 at 16 kHz (both axes dynamic; at least
 401 samples, 25 ms) and returns ``scene`` ``(batch, 5 D)``, ``embeddings`` ``(batch, steps, 5 D)``
-and ``timestamps`` ``(batch, steps)`` in ms: the same numbers as :class:`~audiomaepp.embedding.Embedder`
-(front end, per-clip standardisation, chunking, token layout, trimming) for clips of equal length.
+and ``timestamps`` ``(batch, steps)`` in ms: the same numbers as
+:class:`~audiomaepp.embedding.Embedder` (front end, per-clip standardisation, chunking, token
+layout, trimming) for clips of equal length.
 
 The STFT is a strided convolution with a float64-built windowed DFT basis: ONNX Runtime's own
 ``STFT`` operator is ~100x less accurate (log-mel errors ~4e-3 against torch's FFT; this basis:
@@ -39,7 +40,8 @@ OPSET = 18  # STFT-free graph; 18 is what the dynamo exporter targets well
 
 
 def dft_basis(n_fft: int, window: torch.Tensor) -> torch.Tensor:
-    """Windowed real DFT as conv weights ``(2 * (n_fft // 2 + 1), 1, n_fft)``: cos rows, then -sin."""
+    """Windowed real DFT as conv weights ``(2 * (n_fft // 2 + 1), 1, n_fft)``: cos rows, then
+    -sin."""
     n = torch.arange(n_fft, dtype=torch.float64)
     k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
     angle = 2 * math.pi * k[:, None] * n[None, :] / n_fft
@@ -170,7 +172,7 @@ def check_onnx(
     return worst
 
 
-# ---- ONNX Runtime as the encoder backend of an Embedder ---------------------------------------------
+# ---- ONNX Runtime as the encoder backend of an Embedder ------------------------------------------
 def export_encoder_onnx(embedder: Embedder, out: str | Path) -> Path:
     """Export the encoder alone: ``chunks`` ``(batch, 1, 200, 80)`` -> ``tokens`` ``(batch, 1 + L,
     D)`` float32 (batch dynamic). The :class:`Embedder` keeps its own front end and batching."""

@@ -3,7 +3,8 @@
 Python entry points::
 
     from audiomaepp.finetune import FinetuneConfig, finetune, AudioClassifier
-    result = finetune(FinetuneConfig(model="runs/base/model", task="tasks/esc50", out_dir="runs/esc"))
+    cfg = FinetuneConfig(model="runs/base/model", task="tasks/esc50", out_dir="runs/esc")
+    result = finetune(cfg)
     quick = FinetuneConfig(model=..., task=..., loop=FinetuneLoop(epochs=10))  # loop settings
     result.mean                      # {"top1_acc": ..., "mAP": ..., "d_prime": ...} over test folds
     clf = AudioClassifier.from_pretrained(result.model_dir)

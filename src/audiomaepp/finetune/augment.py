@@ -14,7 +14,8 @@ import torch
 def spec_augment(
     lms: torch.Tensor, rng: np.random.Generator, freq_mask: int, time_mask: int
 ) -> torch.Tensor:
-    """One frequency band of width ``U[0, freq_mask]`` and one time span of ``U[0, time_mask]`` set to 0.
+    """One frequency band of width ``U[0, freq_mask]`` and one time span of ``U[0, time_mask]``
+    set to 0.
 
     ``lms`` ``(T, F)``; returns a new tensor (torchaudio's ``FrequencyMasking`` / ``TimeMasking``
     with ``iid_masks=False``, as AST and AudioMAE apply them once per clip).

@@ -42,7 +42,7 @@ MIN_TAIL_FRAMES = INPUT_FRAMES // 2  # a last partial window needs >= 1 s of aud
 REPORT_METRICS = ("top1_acc", "mAP", "d_prime")  # always reported, after the task's own metrics
 
 
-# ---- tasks ----------------------------------------------------------------------------------------------
+# ---- tasks ---------------------------------------------------------------------------------------
 @dataclass
 class LabelledSplit:
     """The files of one split and their multi-hot targets ``(n, C)`` float32."""
@@ -187,7 +187,7 @@ def read_manifest(
     )
 
 
-# ---- clips -> standardised log-mel, windows --------------------------------------------------------------
+# ---- clips -> standardised log-mel, windows ------------------------------------------------------
 def clip_logmel(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Mono 16 kHz samples ``(N,)`` -> log-mel ``(T, 80)`` standardised over the whole clip."""
     wav = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(1, -1)
@@ -265,7 +265,8 @@ def random_window(lms: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 class LogMelCache:
-    """Standardised log-mels of decoded clips, kept as float16 up to ``max_mb`` (oldest dropped first).
+    """Standardised log-mels of decoded clips, kept as float16 up to ``max_mb`` (oldest dropped
+    first).
 
     Values are always returned float16-rounded (a standardised log-mel loses nothing that matters:
     ~3 significant digits around unit scale), whether they came from the cache or the file.
@@ -295,7 +296,7 @@ class LogMelCache:
         return stored.float()
 
 
-# ---- the training stream ----------------------------------------------------------------------------------
+# ---- the training stream -------------------------------------------------------------------------
 @dataclass
 class CropAugment:
     """Augmentation of training crops (from :class:`~audiomaepp.finetune.FinetuneConfig`)."""

@@ -158,7 +158,8 @@ class Prediction:
 
 
 class AudioClassifier(nn.Module):
-    """Encoder + head; ``forward`` takes standardised log-mel windows ``(B, 1, 200, 80)`` -> logits."""
+    """Encoder + head; ``forward`` takes standardised log-mel windows ``(B, 1, 200, 80)`` ->
+    logits."""
 
     def __init__(
         self, config: ClassifierConfig, labels: Sequence[str] | None = None, seed: int = 0
@@ -249,7 +250,8 @@ class AudioClassifier(nn.Module):
         want = (self.config.encoder.in_chans, *self.config.encoder.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(
-                f"AudioClassifier expects (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}"
+                f"AudioClassifier expects (B, {want[0]}, {want[1]}, {want[2]}), "
+                f"got {tuple(x.shape)}"
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.linear_probe):
             tokens = self.encoder.run(self.encoder.embed(x))  # (B, 1 + L, D)
@@ -289,7 +291,7 @@ class AudioClassifier(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    # ---- prediction -------------------------------------------------------------------------------
+    # ---- prediction ------------------------------------------------------------------------------
     @torch.no_grad()
     def window_scores(
         self, windows: Sequence[torch.Tensor], batch_size: int = 64, dtype: str | None = None
@@ -369,7 +371,8 @@ class AudioClassifier(nn.Module):
         dtype: str = "auto",
         batch_size: int = 64,
     ) -> Prediction:
-        """Labels and scores of one clip: ``(N,)``, ``(N, C)`` or ``(C, N)`` (C <= 8) at rate ``sr``.
+        """Labels and scores of one clip: ``(N,)``, ``(N, C)`` or ``(C, N)`` (C <= 8) at rate
+        ``sr``.
 
         ``dtype``: the encoder's precision (``auto``: bf16 on CUDA and on CPUs with native bf16
         matmul, else float32). A clip longer than ``batch_size`` windows is streamed
@@ -398,16 +401,17 @@ class AudioClassifier(nn.Module):
             clip_frames = frames
         return self.prediction(np.concatenate(parts), clip_frames, threshold)
 
-    # ---- bookkeeping ---------------------------------------------------------------------------------
+    # ---- bookkeeping -----------------------------------------------------------------------------
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_sample(self) -> float:
-        """Training FLOPs per 2-s input: forward + backward matmuls (forward only through a frozen encoder)."""
+        """Training FLOPs per 2-s input: forward + backward matmuls (forward only through a
+        frozen encoder)."""
         fwd = encoder_flops(self.config.encoder)
         return float(fwd if self.config.linear_probe else 3 * fwd)
 
-    # ---- persistence -------------------------------------------------------------------------------------
+    # ---- persistence -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """``model.safetensors`` + ``config.json`` + ``labels.json`` in ``directory``."""
         return save_pretrained(
@@ -419,7 +423,8 @@ class AudioClassifier(nn.Module):
         cls, directory: str | Path, device: str | torch.device = "cpu"
     ) -> AudioClassifier:
         """A classifier directory written by :meth:`save_pretrained`, or a Hub repo id holding one
-        (model.io's one reader: format tag, header checked before allocating; never executes code)."""
+        (model.io's one reader: format tag, header checked before allocating; never executes
+        code)."""
 
         def build(config: dict[str, Any], folder: Path) -> AudioClassifier:
             return cls(ClassifierConfig.from_dict(config), read_labels(folder))

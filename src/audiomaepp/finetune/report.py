@@ -60,7 +60,8 @@ def markdown(doc: dict[str, Any]) -> str:
     for f in doc["folds"]:
         cells = [format_metric(f["test"].get(m), m) for m in metrics]
         lines.append(
-            f"| {f['fold']} | {f['best_step']} | {format_metric(f['best_valid'], doc['primary_metric'])} | "
+            f"| {f['fold']} | {f['best_step']} | "
+            f"{format_metric(f['best_valid'], doc['primary_metric'])} | "
             + " | ".join(cells)
             + f" | {f['n_test']} |"
         )

@@ -1,7 +1,8 @@
-"""Fine-tuning on the pretraining loop: :class:`FinetuneTrainer` is a :class:`~audiomaepp.training.Trainer`
-with another loss, batch source, optimiser groups and a validation hook; precision / autocast,
-torch.compile, fused AdamW, DDP under ``torchrun``, safetensors checkpoints, resume, SIGTERM,
-``metrics.jsonl`` and the progress bar are the pretraining trainer's own.
+"""Fine-tuning on the pretraining loop: :class:`FinetuneTrainer` is a
+:class:`~audiomaepp.training.Trainer` with another loss, batch source, optimiser groups and a
+validation hook; precision / autocast, torch.compile, fused AdamW, DDP under ``torchrun``,
+safetensors checkpoints, resume, SIGTERM, ``metrics.jsonl`` and the progress bar are the pretraining
+trainer's own.
 
 One fold = one run folder: ``checkpoints/``, ``metrics.jsonl`` (loss lines and ``valid_<metric>``
 lines), ``best/`` (the classifier with the best validation score so far, written when it improves),
@@ -49,9 +50,10 @@ TEST_FILE = "test.json"
 RECIPE_FILE = "finetune_config.json"
 
 
-# ---- loss and optimiser groups ---------------------------------------------------------------------------
+# ---- loss and optimiser groups -------------------------------------------------------------------
 class ClassifierLoss(nn.Module):
-    """``(x, y, noise) -> loss``: soft-target cross-entropy with label smoothing, or BCE for multilabel.
+    """``(x, y, noise) -> loss``: soft-target cross-entropy with label smoothing, or BCE for
+    multilabel.
 
     ``noise`` ``(B, 250)``: the trainer's per-step uniforms, which drive drop path (see the model).
 
@@ -76,7 +78,8 @@ class ClassifierLoss(nn.Module):
 
 
 def layer_id(name: str, depth: int) -> int:
-    """MAE / BEiT layer index: patch embedding and cls 0, block ``i`` ``i + 1``, the rest ``depth + 1``."""
+    """MAE / BEiT layer index: patch embedding and cls 0, block ``i`` ``i + 1``, the rest
+    ``depth + 1``."""
     if name.startswith(("encoder.patch_embed", "encoder.cls_token", "encoder.pos_embed")):
         return 0
     if name.startswith("encoder.blocks."):
@@ -95,7 +98,8 @@ def layer_decay_groups(
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
-            continue  # frozen: the position table, the release's unused LN3, a linear probe's encoder
+            # frozen: the position table, the release's unused LN3, a linear probe's encoder
+            continue
         lid, plain = layer_id(name, depth), no_decay(name, p)
         head = name.startswith("head.")
         lid = depth + 2 if head else lid
@@ -113,10 +117,11 @@ def layer_decay_groups(
     return [groups[k] for k in sorted(groups)]
 
 
-# ---- evaluation --------------------------------------------------------------------------------------------
+# ---- evaluation ----------------------------------------------------------------------------------
 @dataclass
 class SplitScores:
-    """Clip-level probabilities ``(n, C)`` of the clips that could be read, their targets and the rest."""
+    """Clip-level probabilities ``(n, C)`` of the clips that could be read, their targets and the
+    rest."""
 
     scores: np.ndarray
     targets: np.ndarray
@@ -156,9 +161,10 @@ def confusion(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return m
 
 
-# ---- the trainer ---------------------------------------------------------------------------------------------
+# ---- the trainer ---------------------------------------------------------------------------------
 class FinetuneTrainer(Trainer):
-    """The pretraining :class:`Trainer` with the classifier's loss, layer-decay groups and validation."""
+    """The pretraining :class:`Trainer` with the classifier's loss, layer-decay groups and
+    validation."""
 
     progress_desc = "finetune"
 
@@ -195,7 +201,8 @@ class FinetuneTrainer(Trainer):
         )
 
     def after_step(self) -> dict[str, float] | None:
-        """Validate every ``eval_every`` steps and at the end; keep the best classifier in ``best/``."""
+        """Validate every ``eval_every`` steps and at the end; keep the best classifier in
+        ``best/``."""
         if (
             not (self.step % self.eval_every == 0 or self.step == self.plan.total_steps)
             or not self.env.is_main
@@ -225,7 +232,7 @@ class FinetuneTrainer(Trainer):
         self.best_step = saved.get("best_step")
 
 
-# ---- one fold, all folds --------------------------------------------------------------------------------------
+# ---- one fold, all folds -------------------------------------------------------------------------
 def train_config(
     ft: FinetuneConfig, run_dir: Path, samples_per_epoch: int, save_every: int
 ) -> TrainConfig:
@@ -338,14 +345,16 @@ def _device(ft: FinetuneConfig) -> str:
 
 
 def fold_dirs(task: FinetuneTask, out_dir: Path, folds: list[Fold]) -> list[Path]:
-    """One run folder per fold: ``OUT`` itself for train/valid/test tasks, ``OUT/folds/foldNN`` otherwise."""
+    """One run folder per fold: ``OUT`` itself for train/valid/test tasks, ``OUT/folds/foldNN``
+    otherwise."""
     if task.split_mode == "trainvaltest" and len(folds) == 1:
         return [out_dir]
     return [out_dir / "folds" / f.test for f in folds]
 
 
 def finetune(ft: FinetuneConfig, task: FinetuneTask | None = None) -> FinetuneResult:
-    """Fine-tune ``ft.model`` on every (selected) fold of ``ft.task``; write the report to ``ft.out_dir``.
+    """Fine-tune ``ft.model`` on every (selected) fold of ``ft.task``; write the report to
+    ``ft.out_dir``.
 
     Works in one process and under ``torchrun`` (rank 0 validates, tests and writes).
     """
