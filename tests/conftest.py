@@ -195,6 +195,14 @@ def cli(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "audiomaepp.cli.main", "pretrain", *args]
 
 
+def local_torchrun(*target: str, nproc: int = 2) -> list[str]:
+    """``torch.distributed.run`` with ``nproc`` ranks on this host (a free port), then ``target``
+    (``-m module args...`` or ``script args...``)."""
+    launcher = ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1"]
+    launcher += ["--master-port", str(free_port())]
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, *target]
+
+
 def torchrun(args: list[str], *launcher: str) -> list[str]:
     return [
         sys.executable,

@@ -19,6 +19,8 @@ import torch
 
 import audiomaepp
 
+from .conftest import local_torchrun
+
 SR = 16_000
 SRC = str(Path(audiomaepp.__file__).resolve().parents[1])  # the package under test, for children
 TIMEOUT = 300  # seconds per child; a hang fails the test with its log
@@ -151,12 +153,9 @@ def test_torchrun_ranks_read_disjoint_complete_epochs(tmp_path: Path) -> None:
     (rank, worker) slots owns 2 shards, so every epoch each rank yields 24 crops, the ranks share
     no clip, and together they give each of the 48 clips exactly once; epochs differ in order."""
     data = _shards(tmp_path / "shards", shards=8, clips=6)
-    port = str(29_500 + os.getpid() % 1000)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    cmd += ["--master-addr", "127.0.0.1", "--master-port", port]
     script = tmp_path / "rank.py"
     script.write_text(_RANK)
-    _run_all([[*cmd, str(script), str(data), str(tmp_path), "3"]])
+    _run_all([local_torchrun(str(script), str(data), str(tmp_path), "3")])
     per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     everything = sorted(f"s{s}c{c}" for s in range(8) for c in range(6))
     for epoch in range(3):

@@ -624,7 +624,7 @@ def test_torchrun_two_ranks_match_one_process(tones, tmp_path):
     """DDP through the real launcher: 2 ranks x 4 reproduce 1 process x (2 micro-steps of 4)."""
     from audiomaepp.training import read_metrics
 
-    from .conftest import free_port, start, wait
+    from .conftest import local_torchrun, start, wait
 
     ref = finetune(quick(tones, tmp_path / "one", max_steps=6, per_device_batch=4, log_every=1))
     assert ref.finished
@@ -655,20 +655,7 @@ def test_torchrun_two_ranks_match_one_process(tones, tmp_path):
         "--no-progress",
         *[x for k, v in MICRO.items() for x in ("--model-set", f"{k}={v}")],
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
-        "-m",
-        "audiomaepp.cli.main",
-        *flags,
-    ]
+    cmd = local_torchrun("-m", "audiomaepp.cli.main", *flags)
     log = tmp_path / "log.txt"
     assert wait(start(cmd, log, OMP_NUM_THREADS="1"), log, 240) == 0, log.read_text()[-4000:]
 
@@ -710,7 +697,7 @@ def test_torchrun_ranks_resume_from_the_checkpoint_rank0_chose(tones, tmp_path):
     rank resolved ``--resume auto`` itself: rank 1 jumped to step 4 and the replicas diverged)."""
     from audiomaepp.training import list_checkpoints, read_metrics
 
-    from .conftest import free_port, start, wait
+    from .conftest import local_torchrun, start, wait
 
     run = tmp_path / "run"
     cfg = quick(tones, run, max_steps=6, save_every=2, keep_last=0, log_every=1, stop_after=4)
@@ -719,19 +706,7 @@ def test_torchrun_ranks_resume_from_the_checkpoint_rank0_chose(tones, tmp_path):
     resumed = cfg.replace(stop_after=None, resume="auto", per_device_batch=4, dist_timeout_s=60)
     (tmp_path / "cfg.json").write_text(resumed.to_json())
     (tmp_path / "rank.py").write_text(_LAGGING_RANK_SCRIPT)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
-        str(tmp_path / "rank.py"),
-        str(tmp_path / "cfg.json"),
-    ]
+    cmd = local_torchrun(str(tmp_path / "rank.py"), str(tmp_path / "cfg.json"))
     log = tmp_path / "log.txt"
     rc = wait(start(cmd, log, OMP_NUM_THREADS="1"), log, 240)
     text = log.read_text()
