@@ -37,6 +37,7 @@ from audiomaepp.evaluation import (
     read_task,
     run_evaluation,
     t_quantile,
+    welch_p,
 )
 from audiomaepp.evaluation.metrics import (
     aucroc,
@@ -401,6 +402,15 @@ def test_mean_ci_formula():
     assert ci == pytest.approx(2.7764451 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
     one_mean, one_ci = mean_ci([0.7])
     assert one_mean == 0.7 and math.isnan(one_ci)
+
+
+def test_welch_p_against_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    a, b = [0.42, 0.44, 0.41, 0.43, 0.45], [0.46, 0.47, 0.45, 0.49, 0.44, 0.48]
+    expected = scipy_stats.ttest_ind(a, b, equal_var=False).pvalue
+    assert welch_p(a, b) == pytest.approx(expected, rel=1e-9)
+    assert welch_p(a, a) == pytest.approx(1.0)
+    assert welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0 and welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0
 
 
 def test_normalized_scores_by_hand():
