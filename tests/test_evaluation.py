@@ -569,6 +569,26 @@ def test_members_draw_independent_streams():
     assert P._init_seed(c) != 3
 
 
+def test_dropout_draws_keep_the_stated_fraction():
+    """16-bit draws against each member's threshold keep ~90 % / 75 % / all units."""
+    from audiomaepp.evaluation import probe as P
+
+    st = P._Stack(
+        [init_weights(4, 2, 512, torch.Generator().manual_seed(0))] * 3,
+        [0.1, 0.25, 0.0],
+        torch.device("cpu"),
+    )
+    bits = P._draw_bits([np.random.PCG64(s) for s in range(3)], 512, 200)
+    keep = (bits < st.thresholds[:, None, None]) | st.no_drop[:, None, None]
+    frac = keep.float().mean(dim=(1, 2))
+    assert abs(float(frac[0]) - 0.9) < 0.005 and abs(float(frac[1]) - 0.75) < 0.005
+    assert float(frac[2]) == 1.0
+    tr = _random_probe_data(np.random.default_rng(0), 40, 4, 2, False)
+    cfg = ProbeConfig(hidden_dim=16, batch_size=16, max_epochs=6)
+    (r,) = fit_members(tr, tr, "multiclass", "top1_acc", [Member(0, 0.0)], cfg)
+    assert r.epochs == 6 and math.isfinite(r.valid_score)
+
+
 def test_probe_learns_and_is_deterministic(tasks_root):
     task = read_task(tasks_root / "tones")
     data = [tuple(_split_data(task, s) for s in ("train", "valid", "test"))]

@@ -229,8 +229,8 @@ class _Stack:
         for k in ("b1", "gamma", "beta", "b2", "running_mean", "running_var"):
             setattr(self, k, put([getattr(w, k) for w in weights]))
         self.scale = torch.tensor([1 / (1 - p) for p in dropouts], device=device)  # (M,)
-        thr = [_threshold(1 - p) for p in dropouts]
-        self.thresholds = torch.tensor(thr, dtype=torch.int16, device=device).clamp_(max=32767)
+        thr = [min(_threshold(1 - p), 32767) for p in dropouts]  # dropout 0: see no_drop
+        self.thresholds = torch.tensor(thr, dtype=torch.int16, device=device)
         self.no_drop = torch.tensor([p == 0 for p in dropouts], device=device)  # (M,) keep all
         self.exp_avg = [torch.zeros_like(getattr(self, k)) for k in self.TRAINED]
         self.exp_avg_sq = [torch.zeros_like(getattr(self, k)) for k in self.TRAINED]
