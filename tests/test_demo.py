@@ -8,7 +8,6 @@ import pytest
 
 from audiomaepp.demo import DemoConfig, compare, judge, run_demo
 
-
 EMBEDDERS: list = []  # every Embedder the demo built (recorded by the fixture)
 
 
