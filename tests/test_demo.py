@@ -8,11 +8,35 @@ import pytest
 
 from audiomaepp.demo import DemoConfig, compare, judge, run_demo
 
+EMBEDDERS: list = []  # every Embedder the demo built (recorded by the fixture)
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    from audiomaepp.embedding import Embedder
+
     out = tmp_path_factory.mktemp("demo")
-    return run_demo(_small_config(out))
+
+    def recorder(make):
+        def wrapped(*args, **kwargs):
+            emb = make(*args, **kwargs)
+            EMBEDDERS.append(emb)
+            return emb
+
+        return wrapped
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("from_dir", "random_init"):
+            mp.setattr(Embedder, name, recorder(getattr(Embedder, name)))
+        return run_demo(_small_config(out))
+
+
+def test_demo_embeds_in_float32(demo):
+    """The answer must not depend on the CPU: dtype "auto" would pick bf16 where the CPU has
+    native bf16 matmul, so the demo pins fp32 for the pretrained and the random-init encoders."""
+    assert len(EMBEDDERS) == 3
+    assert {e.dtype_name for e in EMBEDDERS} == {"float32"}
+    assert {str(e.precision) for e in EMBEDDERS} <= {"float32", "torch.float32"}
 
 
 def _small_config(out) -> DemoConfig:

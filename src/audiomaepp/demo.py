@@ -43,7 +43,9 @@ DEMO_MODEL: dict[str, Any] = dict(
 )
 
 
-DEMO_STEPS = 2000  # per model; loss flattens by ~1500 (README table); the whole demo took 16.7 min on 2 quiet CPU cores
+# Per model. Shorter runs were measured and did not do (README): 600 steps (9.5 min in all) and
+# 1 000 (12.7 min) both left pretraining behind random init on this corpus.
+DEMO_STEPS = 2000
 
 
 @dataclass
@@ -70,6 +72,7 @@ class DemoConfig:
         500  # as hear-eval-kit; early stopping usually ends the probe far sooner
     )
     device: str = "auto"  # GPU when present
+    dtype: str = "float32"  # embeddings in fp32: "auto" picks bf16 on some CPUs (another answer)
     model: dict[str, Any] = field(default_factory=lambda: dict(DEMO_MODEL))
     corpus: dict[str, Any] = field(
         default_factory=dict
@@ -145,7 +148,7 @@ def _run_stages(cfg: DemoConfig) -> DemoResult:
     return DemoResult(out, table, verdicts, steps, dict(result.normalized), timings, losses)
 
 
-# ---- stages --------------------------------------------------------------------------------------------
+# ---- stages --------------------------------------------------------------------------------------
 def _prepare_shards(pool: Path, shard_dir: Path, progress: bool) -> Path:
     from .data import PrepareConfig, prepare_shards
 
@@ -243,10 +246,12 @@ def _evaluate(cfg: DemoConfig, runs: dict[str, dict[str, Any]], task_dirs: list[
 
     embedders = []
     for name, run in runs.items():
-        emb = Embedder.from_dir(run["model_dir"], device=cfg.device)
+        emb = Embedder.from_dir(run["model_dir"], device=cfg.device, dtype=cfg.dtype)
         emb.name = name
         embedders.append(emb)
-    random = Embedder.random_init("tiny", seed=cfg.seed, device=cfg.device, **cfg.model)
+    random = Embedder.random_init(
+        "tiny", seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, **cfg.model
+    )
     random.name = "random init"
     embedders += [random, LogMelStatsEmbedder()]
     embedders[-1].name = "log-mel mean+std"
@@ -262,9 +267,10 @@ def _evaluate(cfg: DemoConfig, runs: dict[str, dict[str, Any]], task_dirs: list[
     )
 
 
-# ---- honest verdicts ----------------------------------------------------------------------------------------
+# ---- honest verdicts -----------------------------------------------------------------------------
 def compare(result, a: str, b: str) -> dict[str, Any]:
-    """Per task: a's mean minus b's, and whether their 95 % CIs are disjoint (a clear difference)."""
+    """Per task: a's mean minus b's, and whether their 95 % CIs are disjoint (a clear
+    difference)."""
     per_task = {}
     for task in result.tasks:
         ra, rb = result.results[a][task], result.results[b][task]
@@ -317,13 +323,15 @@ def judge(result) -> list[str]:
         lines.append(
             f"{question} **{answer}** on this corpus: normalized score {c['score_a']:.1f} vs "
             f"{c['score_b']:.1f}; {a} is clearly better (95 % CIs disjoint) on {c['wins']} of {n} "
-            f"tasks, clearly worse on {c['losses']}, and within the noise on {n - c['wins'] - c['losses']}."
+            f"tasks, clearly worse on {c['losses']}, and within the noise on "
+            f"{n - c['wins'] - c['losses']}."
         )
     return lines
 
 
 def loss_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """``(step, loss)`` of every logged window of a run (``RUN/metrics.jsonl``, resumed runs too)."""
+    """``(step, loss)`` of every logged window of a run (``RUN/metrics.jsonl``, resumed runs
+    too)."""
     points: dict[int, float] = {}
     path = run_dir / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:
@@ -334,7 +342,8 @@ def loss_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def loss_table(curves: dict[str, list[tuple[int, float]]], steps: int, columns: int = 5) -> str:
-    """Both loss curves at a few logged steps (those nearest to evenly spaced marks), as Markdown."""
+    """Both loss curves at a few logged steps (those nearest to evenly spaced marks), as
+    Markdown."""
     logged = sorted({s for pts in curves.values() for s, _ in pts})
     targets = [max(1, round(steps * k / (columns - 1))) for k in range(columns)]
     marks = sorted({min(logged, key=lambda s: abs(s - t)) for t in targets}) if logged else targets
@@ -395,21 +404,23 @@ def _write_summary(
     lines = [
         "# audiomaepp demo",
         "",
-        f"Corpus: generated (seed {cfg.seed}); models: encoder {cfg.model['depth']} x {cfg.model['embed_dim']}, "
-        f"decoder {cfg.model['decoder_depth']} x {cfg.model['decoder_embed_dim']}; {steps} pretraining steps of "
-        f"batch {cfg.batch_size} each on {device} ({torch.get_num_threads()} threads); probes: hear-eval-kit "
-        f"protocol, {cfg.probe_seeds} seeds.",
+        f"Corpus: generated (seed {cfg.seed}); models: encoder {cfg.model['depth']} x "
+        f"{cfg.model['embed_dim']}, decoder {cfg.model['decoder_depth']} x "
+        f"{cfg.model['decoder_embed_dim']}; {steps} pretraining steps of batch {cfg.batch_size} "
+        f"each on {device} ({torch.get_num_threads()} threads); probes: hear-eval-kit protocol, "
+        f"{cfg.probe_seeds} seeds.",
         "",
         table,
         "",
         *[f"- {v}" for v in verdicts],
         "",
-        "Pretraining loss (masked-patch MSE on standardised log-mel; chart: report/loss_curves.png):",
+        "Pretraining loss (masked-patch MSE on standardised log-mel; "
+        "chart: report/loss_curves.png):",
         "",
         losses,
         "",
-        "Files: report/results.md, report/results.png (chart), report/loss_curves.png, report/results.json, "
-        "report/scores.csv" + "".join(f", report/{n}" for n in recon) + ".",
+        "Files: report/results.md, report/results.png (chart), report/loss_curves.png, "
+        "report/results.json, report/scores.csv" + "".join(f", report/{n}" for n in recon) + ".",
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
     ]

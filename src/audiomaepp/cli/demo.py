@@ -10,10 +10,12 @@ from ..demo import DEMO_STEPS
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="generate a corpus, pretrain AudioMAE++ and a vanilla MAE, evaluate both, write a report",
-        description="Runs on data the package makes itself: no downloads. On 2 quiet CPU cores the default "
-        "took about 17 minutes; a GPU is used when present. The step count is fixed, so the same "
-        "seed prints the same table on any machine with the same torch build and thread count.",
+        help="generate a corpus, pretrain AudioMAE++ and a vanilla MAE, evaluate both, "
+        "write a report",
+        description="Runs on data the package makes itself: no downloads. On 2 quiet CPU cores the "
+        "default took about 17 minutes; a GPU is used when present. The step count is fixed, so "
+        "the same seed prints the same table on any machine with the same torch build and thread "
+        "count.",
     )
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument(
@@ -35,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=2,
-        help="torch intra-op threads (default 2: fixed, so rounding is the same everywhere; 0: torch's default)",
+        help="torch intra-op threads (default 2: fixed, so rounding is the same everywhere; "
+        "0: torch's default)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)

@@ -20,7 +20,7 @@ from .probe import Member, ProbeConfig, ProbeData, ProbeResult, fit_members, pro
 from .report import markdown_table, write_report
 from .results import EvaluationResult, FoldRun, TaskResult
 from .runner import evaluate_task, probe_task, run_evaluation
-from .stats import mean_ci, normalized_scores, t_quantile
+from .stats import mean_ci, normalized_scores, t_quantile, welch_p
 from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task, read_tasks
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "PERCENT_METRICS",
     "compute_metrics",
     "mean_ci",
+    "welch_p",
     "t_quantile",
     "normalized_scores",
     "FoldRun",

@@ -14,7 +14,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["betainc", "student_t_cdf", "t_quantile", "mean_ci", "normalized_scores"]
+__all__ = ["betainc", "student_t_cdf", "t_quantile", "mean_ci", "welch_p", "normalized_scores"]
 
 _TINY = 1e-300
 _EPS = 1e-15
@@ -63,7 +63,7 @@ def student_t_cdf(t: float, df: float) -> float:
 
 
 def t_quantile(p: float, df: float) -> float:
-    """Inverse of :func:`student_t_cdf`: the ``t`` with ``P(T <= t) = p``, e.g. t(0.975, 9) = 2.262."""
+    """Inverse of :func:`student_t_cdf`: the ``t`` with ``P(T <= t) = p`` (t(0.975, 9) = 2.262)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
     if df <= 0:
@@ -105,6 +105,21 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
         return mean, math.nan
     t = t_quantile(0.5 + confidence / 2.0, x.size - 1)
     return mean, float(t * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of Welch's t-test (unequal variances) that ``a`` and ``b`` share a mean.
+
+    Two samples without spread: 1 if their means are equal, else 0."""
+    x, y = (np.asarray(v, dtype=np.float64) for v in (a, b))
+    if x.size < 2 or y.size < 2:
+        raise ValueError("welch_p needs at least two values per sample")
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    diff = float(x.mean() - y.mean())
+    if va + vb == 0:
+        return 1.0 if diff == 0 else 0.0
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    return float(2.0 * (1.0 - student_t_cdf(abs(diff) / math.sqrt(va + vb), df)))
 
 
 def normalized_scores(
