@@ -44,15 +44,15 @@ PRE, RAND = "pretrained", "random init"
 
 def pretrain_phase(out: Path, steps: int, seed: int) -> Path:
     """The demo's AudioMAE++ pretrained on the demo pool (``audiomaepp demo``'s settings)."""
-    from audiomaepp.demo import DemoConfig, _prepare_shards, _train_config
+    from audiomaepp.demo import DemoConfig, make_shards, train_config
     from audiomaepp.synth import CorpusConfig, generate_corpus
     from audiomaepp.training import pretrain
 
     corpus = generate_corpus(out / "corpus", CorpusConfig(seed=seed), progress=False)
     shards = out / "shards"
     if not (shards / "manifest.json").is_file():
-        _prepare_shards(corpus.pool_dir, shards, progress=False)
-    cfg = _train_config(
+        make_shards(corpus.pool_dir, shards, progress=False)
+    cfg = train_config(
         DemoConfig(out=str(out), seed=seed, progress=False),
         "plusplus",
         shards,

@@ -53,15 +53,15 @@ FIXTURE_EMBEDDER = "logmel"
 
 # ---- stage 1: embeddings -------------------------------------------------------------------------
 def prepare(work: Path, steps: int) -> None:
-    from audiomaepp.demo import DemoConfig, _prepare_shards, _pretrain
+    from audiomaepp.demo import DemoConfig, make_shards, pretrain_model
     from audiomaepp.embedding import Embedder
     from audiomaepp.evaluation import LogMelStatsEmbedder, embed_split, read_task
     from audiomaepp.synth import CorpusConfig, generate_corpus
 
     cfg = DemoConfig(out=str(work), device="cpu", progress=True)
     corpus = generate_corpus(work / "corpus", CorpusConfig(seed=cfg.seed), progress=True)
-    shards = _prepare_shards(corpus.pool_dir, work / "shards", True)
-    run = _pretrain(cfg, "AudioMAE++", "plusplus", shards, steps, work)
+    shards = make_shards(corpus.pool_dir, work / "shards", True)
+    run = pretrain_model(cfg, "AudioMAE++", "plusplus", shards, steps, work)
     embedders = {
         "logmel": LogMelStatsEmbedder(),
         "audiomaepp": Embedder.from_dir(run["model_dir"], device="cpu", dtype="float32"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -91,38 +92,14 @@ def test_demo_table_has_the_four_models(demo):
     assert meta["steps"] == 12 and len(meta["verdicts"]) == 2
 
 
-def _expected_answer(result: dict, a: str, b: str) -> tuple[str, int, int]:
-    """The verdict recomputed from the per-seed scores in results.json, independently of demo.py."""
-    from audiomaepp.evaluation import mean_ci
-
-    wins = losses = 0
-    for task in result["tasks"]:
-        (ma, ca), (mb, cb) = (mean_ci(result["results"][m][task]["seed_scores"]) for m in (a, b))
-        if abs(ma - mb) > ca + cb:
-            wins, losses = wins + (ma > mb), losses + (ma < mb)
-    better = result["normalized_score"][a] > result["normalized_score"][b]
-    if wins == losses == 0:
-        return "Not clearly", wins, losses
-    if better and wins > losses:
-        return "Yes", wins, losses
-    if not better and losses > wins:
-        return "No", wins, losses
-    return "Mixed", wins, losses
-
-
 def test_verdicts_follow_the_numbers(demo):
     result = json.loads((demo.out / "report" / "results.json").read_text())
     scores = result["normalized_score"]
     for line, (a, b) in zip(
         demo.verdicts, [("AudioMAE++", "random init"), ("AudioMAE++", "MAE (vanilla)")], strict=True
     ):
+        # the verdict's rule itself is checked on hand-written cases below
         assert f"normalized score {scores[a]:.1f} vs {scores[b]:.1f}" in line
-        answer, wins, losses = _expected_answer(result, a, b)
-        assert f"**{answer}**" in line
-        assert (
-            f"clearly better (95 % CIs disjoint) on {wins} of" in line
-            and f"clearly worse on {losses}," in line
-        )
 
 
 def test_demo_shows_both_loss_curves(demo):
@@ -175,17 +152,40 @@ def test_compare_and_judge_on_hand_made_numbers():
 
 
 def test_answers_are_symmetric_and_never_overclaim():
-    from audiomaepp.demo import _answer
+    from audiomaepp.demo import answer
 
-    assert _answer(True, 2, 0) == "Yes" and _answer(False, 0, 2) == "No"
-    assert _answer(True, 0, 0) == "Not clearly" and _answer(False, 0, 0) == "Not clearly"
-    assert _answer(True, 0, 1) == "Mixed" and _answer(False, 1, 0) == "Mixed"
-    assert _answer(True, 1, 1) == "Mixed" and _answer(False, 1, 1) == "Mixed"
+    assert answer(True, 2, 0) == "Yes" and answer(False, 0, 2) == "No"
+    assert answer(True, 0, 0) == "Not clearly" and answer(False, 0, 0) == "Not clearly"
+    assert answer(True, 0, 1) == "Mixed" and answer(False, 1, 0) == "Mixed"
+    assert answer(True, 1, 1) == "Mixed" and answer(False, 1, 1) == "Mixed"
 
 
-def test_demo_defaults_are_machine_independent():
-    cfg = DemoConfig()
-    assert cfg.minutes is None and cfg.steps > 0 and cfg.threads == 2 and cfg.probe_seeds == 10
+def test_demo_runs_with_its_own_thread_count_whatever_the_callers(monkeypatch, tmp_path):
+    """Reductions split over threads round differently, so the default demo must run with its
+    fixed thread count, not the machine's, and hand the caller's setting back afterwards."""
+    import torch
+
+    import audiomaepp.synth
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def first_stage(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise Stop
+
+    monkeypatch.setattr(audiomaepp.synth, "generate_corpus", first_stage)
+    before = torch.get_num_threads()
+    callers = 3 if DemoConfig().threads != 3 else 1
+    torch.set_num_threads(callers)
+    try:
+        with pytest.raises(Stop):
+            run_demo(DemoConfig(out=str(tmp_path)))
+        assert seen == [DemoConfig().threads] and torch.get_num_threads() == callers
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_same_seed_prints_the_same_table(demo, tmp_path):
@@ -199,16 +199,19 @@ def test_same_seed_prints_the_same_table(demo, tmp_path):
 
 def test_rerun_with_other_steps_starts_afresh(demo, tmp_path):
     """A second demo into the same folder with another step count retrains instead of resuming.
-    (Runs last: it replaces the fixture's AudioMAE++ run.)"""
-    from audiomaepp.demo import _pretrain
+    (In a folder of its own, beside a copy of the fixture's shards: the fixture's run stays.)"""
+    from audiomaepp.demo import pretrain_model
 
+    out = tmp_path / "copy"
+    shutil.copytree(demo.out / "shards", out / "shards")
     cfg = DemoConfig(
-        out=str(demo.out),
+        out=str(out),
         steps=6,
         device="cpu",
         corpus=dict(n_pool=16, n_per_task=40),
         progress=False,
     )
-    run = _pretrain(cfg, "AudioMAE++", "plusplus", demo.out / "shards", 6, demo.out)
+    pretrain_model(cfg, "AudioMAE++", "plusplus", out / "shards", 8, out)
+    run = pretrain_model(cfg, "AudioMAE++", "plusplus", out / "shards", 6, out)
     state = json.loads((run["run_dir"] / "result.json").read_text())
     assert state["step"] == 6 and state["total_steps"] == 6

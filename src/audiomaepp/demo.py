@@ -121,13 +121,13 @@ def _run_stages(cfg: DemoConfig) -> DemoResult:
     corpus = generate_corpus(
         out / "corpus", CorpusConfig(seed=cfg.seed, **cfg.corpus), progress=cfg.progress
     )
-    shards = _prepare_shards(corpus.pool_dir, out / "shards", cfg.progress)
+    shards = make_shards(corpus.pool_dir, out / "shards", cfg.progress)
     timings["corpus_and_shards_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     steps = _fit_steps(cfg, shards, time.perf_counter() - t0) if cfg.minutes else cfg.steps
     runs = {
-        name: _pretrain(cfg, name, block, shards, steps, out)
+        name: pretrain_model(cfg, name, block, shards, steps, out)
         for name, block in (("AudioMAE++", "plusplus"), ("MAE (vanilla)", "vanilla"))
     }
     timings["pretraining_s"] = time.perf_counter() - t1
@@ -149,14 +149,14 @@ def _run_stages(cfg: DemoConfig) -> DemoResult:
 
 
 # ---- stages --------------------------------------------------------------------------------------
-def _prepare_shards(pool: Path, shard_dir: Path, progress: bool) -> Path:
+def make_shards(pool: Path, shard_dir: Path, progress: bool) -> Path:
     from .data import PrepareConfig, prepare_shards
 
     prepare_shards([pool], shard_dir, PrepareConfig(workers=1), progress=progress)
     return shard_dir
 
 
-def _train_config(cfg: DemoConfig, block: str, shards: Path, steps: int, run_dir: Path):
+def train_config(cfg: DemoConfig, block: str, shards: Path, steps: int, run_dir: Path):
     from .data import load_manifest
     from .training import LoopConfig, TrainConfig
 
@@ -196,7 +196,7 @@ def _fit_steps(cfg: DemoConfig, shards: Path, spent_s: float) -> int:
     for block in ("plusplus", "vanilla"):
         run_dir = Path(cfg.out) / "calibration" / block
         shutil.rmtree(run_dir, ignore_errors=True)
-        c = _train_config(cfg, block, shards, probe_steps, run_dir).replace(
+        c = train_config(cfg, block, shards, probe_steps, run_dir).replace(
             log_every=2,
             progress=False,
             export=False,
@@ -213,13 +213,13 @@ def _fit_steps(cfg: DemoConfig, shards: Path, spent_s: float) -> int:
     return max(20, min(cfg.max_steps, steps))
 
 
-def _pretrain(
+def pretrain_model(
     cfg: DemoConfig, name: str, block: str, shards: Path, steps: int, out: Path
 ) -> dict[str, Any]:
     from .training import pretrain
 
     run_dir = out / "runs" / ("audiomaepp" if block == "plusplus" else "mae_vanilla")
-    train_cfg = _train_config(cfg, block, shards, steps, run_dir)
+    train_cfg = train_config(cfg, block, shards, steps, run_dir)
     saved = run_dir / "train_config.json"
     if saved.is_file() and saved.read_text() != train_cfg.to_json():
         log.info("%s holds a run with other settings: starting afresh", run_dir)
@@ -288,7 +288,7 @@ def compare(result, a: str, b: str) -> dict[str, Any]:
     }
 
 
-def _answer(better: bool, wins: int, losses: int) -> str:
+def answer(better: bool, wins: int, losses: int) -> str:
     """Yes / No only when the overall score and the clear per-task differences agree.
 
     Symmetric: "Not clearly" whenever no task is beyond the noise, whichever score is higher.
@@ -319,9 +319,9 @@ def judge(result) -> list[str]:
     ):
         c = compare(result, a, b)
         n = len(result.tasks)
-        answer = _answer(c["score_a"] > c["score_b"], c["wins"], c["losses"])
+        verdict = answer(c["score_a"] > c["score_b"], c["wins"], c["losses"])
         lines.append(
-            f"{question} **{answer}** on this corpus: normalized score {c['score_a']:.1f} vs "
+            f"{question} **{verdict}** on this corpus: normalized score {c['score_a']:.1f} vs "
             f"{c['score_b']:.1f}; {a} is clearly better (95 % CIs disjoint) on {c['wins']} of {n} "
             f"tasks, clearly worse on {c['losses']}, and within the noise on "
             f"{n - c['wins'] - c['losses']}."

@@ -1,4 +1,5 @@
-"""Scene-task metrics exactly as hear-eval-kit 2021.1.3 computes them (``heareval/score.py``), numpy only.
+"""Scene-task metrics exactly as hear-eval-kit 2021.1.3 computes them (``heareval/score.py``),
+numpy only.
 
 Every metric takes ``scores (n, C)`` (class probabilities: softmax for multiclass, sigmoid for
 multilabel) and ``targets (n, C)`` multi-hot, and returns a float where higher is better. The kit
@@ -139,7 +140,8 @@ def _probit(p: float) -> float:
 
 
 def d_prime(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Macro mean of ``sqrt(2) * Phi^-1(AUC)``, unclipped: inf for a perfect class, NaN if undefined."""
+    """Macro mean of ``sqrt(2) * Phi^-1(AUC)``, unclipped: inf for a perfect class, NaN if
+    undefined."""
     return float(np.mean([math.sqrt(2.0) * _probit(a) for a in _per_class_auc(scores, targets)]))
 
 
