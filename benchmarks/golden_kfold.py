@@ -27,8 +27,7 @@ from benchmarks.common import RESULTS, write_result
 
 
 def main(argv: list[str] | None = None) -> None:
-    from audiomaepp.evaluation import mean_ci, probe_task, read_task, welch_p
-    from audiomaepp.evaluation import probe as P
+    from audiomaepp.evaluation import ProbeConfig, mean_ci, probe_task, read_task, welch_p
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("variant", choices=["independent", "restart"])
@@ -37,14 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    if a.variant == "restart":  # every fold restarts the seed's streams
-        mask_seed = P._mask_seed
-        P._init_seed = lambda m: m.seed
-        P._mask_seed = lambda m: mask_seed(P.Member(m.seed, m.dropout, 0))
     task = read_task(a.work / "corpus" / "tasks" / "synth_count", check_audio=False)
     emb_dir = a.work / "kit" / "audiomaepp" / "synth_count"
     emb = {s: np.load(emb_dir / f"{s}.ours.npy") for s in task.split_names}
-    res = probe_task(task, emb, list(range(a.seeds)))
+    res = probe_task(task, emb, list(range(a.seeds)), ProbeConfig(fold_streams=a.variant))
     ours = res.seed_scores()
     kit_run = json.loads((RESULTS / "golden_heareval.json").read_text())
     kit = kit_run["embedders"]["audiomaepp"]["tasks"]["synth_count"]["kit"]

@@ -569,6 +569,28 @@ def test_members_draw_independent_streams():
     assert P._init_seed(c) != 3
 
 
+def test_fold_streams_restart_repeats_the_first_folds_draws():
+    """``fold_streams="restart"`` (the k-fold study's baseline) gives a later fold the first
+    fold's draws, so on two identical folds the second repeats the first; "independent" (the
+    default) draws anew; anything else is refused."""
+    rng = np.random.default_rng(1)
+    fold = tuple(_random_probe_data(rng, n, 9, 5, True) for n in (83, 40, 40))
+    base = ProbeConfig(hidden_dim=48, batch_size=32, max_epochs=30, patience=3)
+
+    def run(mode: str):
+        cfg = ProbeConfig(**{**base.__dict__, "fold_streams": mode})
+        (row,) = probe_folds([fold, fold], "multilabel", ["mAP"], [0], cfg)
+        return [(r.dropout, r.valid_score, r.best_epoch, r.test["mAP"]) for r in row]
+
+    first, second = run("restart")
+    assert second[:3] == first[:3] and second[3] == pytest.approx(first[3], abs=1e-6)
+    independent = run("independent")
+    assert independent[0] == first
+    assert independent[1] != pytest.approx(first, abs=1e-6)
+    with pytest.raises(ValueError, match="fold_streams"):
+        run("sometimes")
+
+
 def test_dropout_draws_keep_the_stated_fraction():
     """16-bit draws against each member's threshold keep ~90 % / 75 % / all units."""
     from audiomaepp.evaluation import probe as P

@@ -13,9 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate a corpus, pretrain AudioMAE++ and a vanilla MAE, evaluate both, "
         "write a report",
         description="Runs on data the package makes itself: no downloads. On 2 quiet CPU cores the "
-        "default took about 17 minutes; a GPU is used when present. The step count is fixed, so "
-        "the same seed prints the same table on any machine with the same torch build and thread "
-        "count.",
+        "default took 17-20 minutes (AMD EPYC); a GPU is used when present. The step count is "
+        "fixed, so the same seed prints the same table on any machine with the same torch build "
+        "and thread count.",
     )
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument(

@@ -20,7 +20,14 @@ from .probe import Member, ProbeConfig, ProbeData, ProbeResult, fit_members, pro
 from .report import markdown_table, write_report
 from .results import EvaluationResult, FoldRun, TaskResult
 from .runner import evaluate_task, probe_task, run_evaluation
-from .stats import mean_ci, normalized_scores, t_quantile, welch_p
+from .stats import (
+    FIDELITY_MEAN_DIFF_MAX,
+    FIDELITY_P_MIN,
+    mean_ci,
+    normalized_scores,
+    t_quantile,
+    welch_p,
+)
 from .tasks import Fold, Task, TaskFormatError, find_task_dirs, read_task, read_tasks
 
 __all__ = [
@@ -46,6 +53,8 @@ __all__ = [
     "compute_metrics",
     "mean_ci",
     "welch_p",
+    "FIDELITY_P_MIN",
+    "FIDELITY_MEAN_DIFF_MAX",
     "t_quantile",
     "normalized_scores",
     "FoldRun",

@@ -75,6 +75,10 @@ class ProbeConfig:
     check_every: int = 3  # PARAM_GRID "check_val_every_n_epoch": [3]
     patience: int = 20  # PARAM_GRID "patience": [20], counted in validation checks
     standardize: bool = False  # deviation when True: per-dimension train mean/std before the MLP
+    # "restart": every fold reuses the first fold's draws (the probe before 2026-12; the k-fold
+    # study, benchmarks/golden_kfold.py); "independent": later folds draw their own, as the kit's
+    # one running stream does
+    fold_streams: str = "independent"
     device: str = "cpu"  # the probe is small; CPU results are the reproducible ones
 
 
@@ -115,20 +119,10 @@ class ProbeWeights:
     running_mean: torch.Tensor
     running_var: torch.Tensor
 
-    PARAMS = ("w1", "b1", "gamma", "beta", "w2", "b2")  # trained by Adam; the rest are buffers
+    PARAMS = ("w1", "b1", "gamma", "beta", "w2", "b2")  # the kit's parameters (b1: see _Stack)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in (*self.PARAMS, "running_mean", "running_var")}
-
-    def member(self, i: int) -> ProbeWeights:
-        """Member ``i`` of a stack, detached and cloned (a checkpoint)."""
-        return ProbeWeights(**{k: v[i].detach().clone() for k, v in self.tensors().items()})
-
-    @staticmethod
-    def stack(members: list[ProbeWeights]) -> ProbeWeights:
-        return ProbeWeights(
-            **{k: torch.stack([getattr(m, k) for m in members]) for k in members[0].tensors()}
-        )
 
 
 @dataclass
@@ -530,6 +524,10 @@ def probe_folds(
     other folds are trained with each seed's chosen dropout; every fold is tested with its
     best-validation weights. Each fold is one batched model over all its members.
     """
+    if cfg.fold_streams not in ("independent", "restart"):
+        raise ValueError(
+            f"fold_streams must be 'independent' or 'restart', got {cfg.fold_streams!r}"
+        )
     out: list[list[ProbeResult]] = [[] for _ in seeds]
     chosen: list[float] = []
     for f, (train, valid, test) in enumerate(folds):
@@ -538,10 +536,11 @@ def probe_folds(
             train, valid, test = (
                 ProbeData(a, d.y) for a, d in zip(xs, (train, valid, test), strict=True)
             )
+        stream = f if cfg.fold_streams == "independent" else 0
         if f == 0:
-            members = [Member(s, p, f) for s in seeds for p in cfg.dropouts]
+            members = [Member(s, p, stream) for s in seeds for p in cfg.dropouts]
         else:
-            members = [Member(s, p, f) for s, p in zip(seeds, chosen, strict=True)]
+            members = [Member(s, p, stream) for s, p in zip(seeds, chosen, strict=True)]
         fits = fit_members(train, valid, prediction_type, metrics[0], members, cfg)
         by_member = {(r.member.seed, r.member.dropout): r for r in fits}
         if f == 0:

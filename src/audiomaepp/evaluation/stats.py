@@ -14,7 +14,16 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["betainc", "student_t_cdf", "t_quantile", "mean_ci", "welch_p", "normalized_scores"]
+__all__ = [
+    "betainc",
+    "student_t_cdf",
+    "t_quantile",
+    "mean_ci",
+    "welch_p",
+    "FIDELITY_P_MIN",
+    "FIDELITY_MEAN_DIFF_MAX",
+    "normalized_scores",
+]
 
 _TINY = 1e-300
 _EPS = 1e-15
@@ -105,6 +114,12 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
         return mean, math.nan
     t = t_quantile(0.5 + confidence / 2.0, x.size - 1)
     return mean, float(t * x.std(ddof=1) / math.sqrt(x.size))
+
+
+# The fidelity criterion against hear-eval-kit (docs/EVALUATION.md): every (embedder, task) cell's
+# Welch p on the per-seed scores at least FIDELITY_P_MIN, and the mean |difference| of the cells'
+# means at most FIDELITY_MEAN_DIFF_MAX (score units: 0.015 = 1.5 points).
+FIDELITY_P_MIN, FIDELITY_MEAN_DIFF_MAX = 0.01, 0.015
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
