@@ -38,29 +38,9 @@ from audiomaepp.data import PrepareConfig, ShardDataset, make_loader, prepare_sh
 from audiomaepp.data.shards import FORMAT, ShardWriter
 from audiomaepp.frontend import SAMPLE_RATE, FrontendConfig, num_frames
 
-from .common import device_info, write_result
+from .common import cpu_model, device_info, write_result
 
 N_MELS = FrontendConfig().n_mels
-
-
-def cpu_model() -> str:
-    """The CPU as ``/proc/cpuinfo`` names it, e.g. 'AMD EPYC (family 26, model 2, 2596 MHz)'.
-
-    Virtual machines often report only the brand, so family, model and clock come with it
-    (AMD family 26 is Zen 5).
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-    except OSError:
-        return "unknown"
-    info = dict(
-        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines())
-    )
-    mhz = info.get("cpu MHz", "?").split(".")[0]
-    return (
-        f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, "
-        f"model {info.get('model', '?')}, {mhz} MHz)"
-    )
 
 
 def _clip(rng: np.random.Generator, frames: int) -> np.ndarray:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench_loader import build_synthetic, cpu_model
-from .common import device_info, write_result
+from .bench_loader import build_synthetic
+from .common import cpu_model, device_info, write_result
 
 
 def rank_job(shards: str, out: str, epochs: int, workers: int, batch: int) -> None:

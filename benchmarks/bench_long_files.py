@@ -24,8 +24,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .bench_loader import cpu_model
-from .common import device_info, write_result
+from .common import cpu_model, device_info, write_result
 
 SR = 16_000
 

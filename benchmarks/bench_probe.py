@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import device_info, write_result
+from benchmarks.common import cpu_model, device_info, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "heareval_golden"
@@ -133,13 +133,6 @@ def time_new(seeds: int, threads: int) -> dict:
     return {"seconds": seconds, "scores": scores, "flops": flops}
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old-src", type=Path, required=True, help="src/ of the probe to compare with")
@@ -168,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     write_result(
         a.out,
         {
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "threads": a.threads,
             "seeds": a.seeds,
             "device": device_info(torch.device("cpu")),

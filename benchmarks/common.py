@@ -64,3 +64,23 @@ def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def cpu_model() -> str:
+    """The CPU as ``/proc/cpuinfo`` names it, e.g. 'AMD EPYC (family 26, model 2, 2596 MHz)'.
+
+    Virtual machines often report only the brand, so family, model and clock come with it
+    (AMD family 26 is Zen 5).
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return "unknown"
+    info = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines())
+    )
+    mhz = info.get("cpu MHz", "?").split(".")[0]
+    return (
+        f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, "
+        f"model {info.get('model', '?')}, {mhz} MHz)"
+    )
